@@ -1,0 +1,228 @@
+//! The forwarder's configuration: what the adaptor puts in a pod VM's user
+//! data and the forwarder reads at start. One type for both sides, so the
+//! two cannot drift; a `format_version` so that an old pod VM image given a
+//! newer document says so plainly instead of failing in silence.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The newest document format this build writes and understands.
+pub const FORMAT_VERSION: u32 = 1;
+/// The forwarder's default listen address in the VM.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:15150";
+/// The forwarder's TCP port, which the adaptor dials.
+pub const DEFAULT_PORT: u16 = 15150;
+/// Where the kata-agent listens inside the VM.
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/kata-containers/agent.sock";
+/// Largest document we accept (cloud user-data limits are 16–64 KiB).
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+/// Why a configuration document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("forwarder config is {0} bytes, more than the {MAX_DOCUMENT_BYTES} allowed")]
+    TooLarge(usize),
+    #[error("forwarder config is not valid JSON for format version {FORMAT_VERSION}: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error(
+        "forwarder config has format version {found}, but this forwarder understands only up to \
+         {FORMAT_VERSION}: the pod VM image is older than the adaptor, rebuild or update it"
+    )]
+    UnsupportedVersion { found: u32 },
+    #[error("forwarder config field `{field}` is invalid: {why}")]
+    Invalid { field: &'static str, why: String },
+}
+
+/// PEM material for mutual TLS on the forwarder's listener.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsMaterial {
+    /// The node CA certificate: clients must present a certificate it signed.
+    pub ca_cert_pem: String,
+    /// This VM's server certificate, signed by the node CA.
+    pub cert_pem: String,
+    /// This VM's private key. Secret: never logged.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("ca_cert_pem", &format_args!("<{} bytes>", self.ca_cert_pem.len()))
+            .field("cert_pem", &format_args!("<{} bytes>", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The document itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwarderConfig {
+    pub format_version: u32,
+    /// Address the forwarder listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The kata-agent's unix socket.
+    #[serde(default = "default_agent_socket")]
+    pub agent_socket: PathBuf,
+    /// Mutual TLS material; `None` only when the operator turned TLS off.
+    #[serde(default)]
+    pub tls: Option<TlsMaterial>,
+    /// The sandbox this VM serves (for logs).
+    #[serde(default)]
+    pub sandbox_id: String,
+    /// Largest ttrpc frame payload relayed, in bytes.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: u32,
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.to_string()
+}
+fn default_agent_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_AGENT_SOCKET)
+}
+fn default_max_frame() -> u32 {
+    4 << 20
+}
+
+impl ForwarderConfig {
+    /// A document with defaults for everything but TLS and the sandbox id.
+    pub fn new(sandbox_id: impl Into<String>, tls: Option<TlsMaterial>) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            listen: default_listen(),
+            agent_socket: default_agent_socket(),
+            tls,
+            sandbox_id: sandbox_id.into(),
+            max_frame_bytes: default_max_frame(),
+        }
+    }
+
+    /// Parses and checks a document. The version is read first, so a newer
+    /// document whose fields we cannot parse still gets the version error.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+        if bytes.len() > MAX_DOCUMENT_BYTES {
+            return Err(ConfigError::TooLarge(bytes.len()));
+        }
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            format_version: u32,
+        }
+        let v: VersionOnly = serde_json::from_slice(bytes)?;
+        if v.format_version > FORMAT_VERSION || v.format_version == 0 {
+            return Err(ConfigError::UnsupportedVersion {
+                found: v.format_version,
+            });
+        }
+        let cfg: ForwarderConfig = serde_json::from_slice(bytes)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                field: "listen",
+                why: format!("{:?} is not an address:port", self.listen),
+            });
+        }
+        if !self.agent_socket.is_absolute() {
+            return Err(ConfigError::Invalid {
+                field: "agent_socket",
+                why: format!("{:?} is not an absolute path", self.agent_socket),
+            });
+        }
+        if self.max_frame_bytes < 4096 {
+            return Err(ConfigError::Invalid {
+                field: "max_frame_bytes",
+                why: format!("{} is below the 4096-byte minimum", self.max_frame_bytes),
+            });
+        }
+        if let Some(tls) = &self.tls {
+            for (field, pem) in [
+                ("tls.ca_cert_pem", &tls.ca_cert_pem),
+                ("tls.cert_pem", &tls.cert_pem),
+                ("tls.key_pem", &tls.key_pem),
+            ] {
+                if !pem.contains("-----BEGIN ") {
+                    return Err(ConfigError::Invalid {
+                        field,
+                        why: "is not PEM".to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The document as bytes, ready to become user data.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain strings and numbers cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let c = ForwarderConfig::new("sb1", None);
+        assert_eq!(ForwarderConfig::parse(&c.to_bytes()).unwrap(), c);
+    }
+
+    #[test]
+    fn newer_version_is_named() {
+        let e = ForwarderConfig::parse(br#"{"format_version": 7, "whatever": {"new": 1}}"#)
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("format version 7"), "{msg}");
+        assert!(msg.contains("pod VM image"), "{msg}");
+    }
+
+    #[test]
+    fn malformed_and_missing_version() {
+        assert!(matches!(
+            ForwarderConfig::parse(b"{not json"),
+            Err(ConfigError::Malformed(_))
+        ));
+        assert!(matches!(
+            ForwarderConfig::parse(b"{}"),
+            Err(ConfigError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let e = ForwarderConfig::parse(br#"{"format_version":1,"listen":"nowhere"}"#).unwrap_err();
+        assert!(e.to_string().contains("`listen`"), "{e}");
+        let e = ForwarderConfig::parse(br#"{"format_version":1,"agent_socket":"rel/a.sock"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("`agent_socket`"), "{e}");
+        let e = ForwarderConfig::parse(
+            br#"{"format_version":1,"tls":{"ca_cert_pem":"x","cert_pem":"y","key_pem":"z"}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("tls.ca_cert_pem"), "{e}");
+    }
+
+    #[test]
+    fn oversized_document_is_refused() {
+        let big = vec![b' '; MAX_DOCUMENT_BYTES + 1];
+        assert!(matches!(ForwarderConfig::parse(&big), Err(ConfigError::TooLarge(_))));
+    }
+
+    #[test]
+    fn debug_redacts_the_key() {
+        let c = ForwarderConfig::new(
+            "s",
+            Some(TlsMaterial {
+                ca_cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+                cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+                key_pem: "-----BEGIN PRIVATE KEY-----SECRETBYTES".into(),
+            }),
+        );
+        assert!(!format!("{c:?}").contains("SECRETBYTES"));
+    }
+}

@@ -1,0 +1,123 @@
+//! What the adaptor asks a provider for and what it gets back.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// Tag key naming the worker node that owns an instance.
+pub const TAG_NODE: &str = "peerpod-node";
+/// Tag key naming the sandbox an instance was created for.
+pub const TAG_SANDBOX: &str = "peerpod-sandbox";
+
+/// The owner tags an instance carries so a restarted adaptor (or the
+/// orphan collector) can find it again. An empty `sandbox_id` in a filter
+/// means "any sandbox of this node".
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OwnerTags {
+    pub node: String,
+    pub sandbox_id: String,
+}
+
+impl OwnerTags {
+    /// The tags as key/value pairs; an empty sandbox id is left out.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert(TAG_NODE.to_string(), self.node.clone());
+        if !self.sandbox_id.is_empty() {
+            m.insert(TAG_SANDBOX.to_string(), self.sandbox_id.clone());
+        }
+        m
+    }
+
+    /// Whether `tags` carries every owner tag of this filter.
+    pub fn matches(&self, tags: &BTreeMap<String, String>) -> bool {
+        self.to_map().iter().all(|(k, v)| tags.get(k) == Some(v))
+    }
+}
+
+/// One instance to create.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InstanceRequest {
+    /// Deterministic name, see [`crate::instance_name`].
+    pub name: String,
+    pub owner: OwnerTags,
+    /// Extra tags from configuration (`TAGS`).
+    pub extra_tags: BTreeMap<String, String>,
+    /// Whole vCPUs asked for by the pod, if any.
+    pub vcpus: Option<u32>,
+    /// Memory in MiB asked for by the pod, if any.
+    pub memory_mib: Option<u64>,
+    /// Image asked for by the pod (`…hypervisor.image`), if any.
+    pub image: Option<String>,
+    /// Machine type asked for by the pod (`…hypervisor.machine_type`), if any.
+    pub machine_type: Option<String>,
+    /// The document the VM reads at boot. Holds the VM's TLS key: never log it.
+    pub user_data: Vec<u8>,
+}
+
+impl std::fmt::Debug for InstanceRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceRequest")
+            .field("name", &self.name)
+            .field("owner", &self.owner)
+            .field("extra_tags", &self.extra_tags)
+            .field("vcpus", &self.vcpus)
+            .field("memory_mib", &self.memory_mib)
+            .field("image", &self.image)
+            .field("machine_type", &self.machine_type)
+            .field("user_data", &format_args!("<{} bytes, redacted>", self.user_data.len()))
+            .finish()
+    }
+}
+
+impl InstanceRequest {
+    /// Owner tags plus the configured extra tags (owner tags win).
+    pub fn all_tags(&self) -> BTreeMap<String, String> {
+        let mut m = self.extra_tags.clone();
+        m.extend(self.owner.to_map());
+        m
+    }
+}
+
+/// An instance as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Instance {
+    /// The cloud's id for the instance; what `delete_instance` takes.
+    pub id: String,
+    pub name: String,
+    /// Addresses the adaptor can reach the VM on, preferred first.
+    pub ips: Vec<IpAddr>,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_filter_matches_only_its_tags() {
+        let owner = OwnerTags { node: "n1".into(), sandbox_id: String::new() };
+        let mut tags = BTreeMap::new();
+        tags.insert(TAG_NODE.to_string(), "n1".to_string());
+        tags.insert(TAG_SANDBOX.to_string(), "s".to_string());
+        assert!(owner.matches(&tags));
+        tags.insert(TAG_NODE.to_string(), "n2".to_string());
+        assert!(!owner.matches(&tags));
+    }
+
+    #[test]
+    fn debug_never_shows_user_data() {
+        let req = InstanceRequest {
+            name: "podvm-x-1".into(),
+            owner: OwnerTags { node: "n".into(), sandbox_id: "s".into() },
+            extra_tags: BTreeMap::new(),
+            vcpus: None,
+            memory_mib: None,
+            image: None,
+            machine_type: None,
+            user_data: b"-----BEGIN PRIVATE KEY-----secret".to_vec(),
+        };
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("redacted"));
+    }
+}
