@@ -1,0 +1,157 @@
+//! The forwarder: listens for the adaptor on TCP (mutual TLS unless the
+//! operator turned it off) and relays each connection's ttrpc frames to the
+//! kata-agent's unix socket, one agent connection per adaptor connection.
+//! The VM-side request rewrites (DNS dropped from CreateSandbox; the pod
+//! network namespace added to CreateContainer once the pod network is set
+//! up) happen here, where the VM's layout is known.
+
+use peerpod_relay::{relay_connection, CreateContainerRewriter, RelayOptions, RequestRewriter};
+use peerpod_vmconfig::ForwarderConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio_rustls::TlsAcceptor;
+
+/// A TLS handshake must finish within this time; a peer that connects and
+/// says nothing is dropped (this is not a limit on requests).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the forwarder could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwarderError {
+    #[error("cannot read forwarder config {path}: {source}")]
+    ReadConfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("forwarder config {path}: {source}")]
+    Config {
+        path: PathBuf,
+        source: peerpod_vmconfig::ConfigError,
+    },
+    #[error("TLS material in the forwarder config: {0}")]
+    Tls(#[from] peerpod_relay::tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Reads and checks the config file.
+pub fn load_config(path: &std::path::Path) -> Result<ForwarderConfig, ForwarderError> {
+    let bytes = std::fs::read(path).map_err(|source| ForwarderError::ReadConfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    ForwarderConfig::parse(&bytes).map_err(|source| ForwarderError::Config {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A bound forwarder, ready to serve.
+pub struct Forwarder {
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    agent_socket: PathBuf,
+    opts: RelayOptions,
+    rewriter: Arc<dyn RequestRewriter>,
+}
+
+impl Forwarder {
+    /// Binds the listen address and prepares TLS.
+    pub async fn bind(cfg: &ForwarderConfig) -> Result<Self, ForwarderError> {
+        let acceptor = match &cfg.tls {
+            Some(m) => Some(TlsAcceptor::from(peerpod_relay::tls::server_config(m)?)),
+            None => {
+                tracing::warn!(
+                    "TLS IS OFF: any host that can reach {} can drive the kata-agent. \
+                     Use this only for debugging.",
+                    cfg.listen
+                );
+                None
+            }
+        };
+        let listener = TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|source| ForwarderError::Listen {
+                addr: cfg.listen.clone(),
+                source,
+            })?;
+        let mut opts = RelayOptions::new(cfg.sandbox_id.clone());
+        opts.max_payload = cfg.max_frame_bytes;
+        Ok(Self {
+            listener,
+            acceptor,
+            agent_socket: cfg.agent_socket.clone(),
+            opts,
+            rewriter: Arc::new(CreateContainerRewriter {
+                pod_netns: None,
+                drop_sandbox_dns: true,
+            }),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until the task is dropped.
+    pub async fn serve(self) {
+        let this = Arc::new(self);
+        loop {
+            let (tcp, peer) = match this.listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let this = this.clone();
+            tokio::spawn(async move { this.handle(tcp, peer).await });
+        }
+    }
+
+    async fn handle(&self, tcp: TcpStream, peer: SocketAddr) {
+        match &self.acceptor {
+            Some(acceptor) => {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, error = %e, "refused a connection: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "refused a connection: no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
+                        return;
+                    }
+                };
+                self.relay(tls, peer).await
+            }
+            None => self.relay(tcp, peer).await,
+        }
+    }
+
+    async fn relay<S>(&self, stream: S, peer: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let agent = match UnixStream::connect(&self.agent_socket).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(%peer, socket = %self.agent_socket.display(), error = %e,
+                    "kata-agent is not reachable; closing the adaptor's connection");
+                return;
+            }
+        };
+        tracing::debug!(%peer, "relaying a connection to the kata-agent");
+        let outcome = relay_connection(stream, agent, self.opts.clone(), self.rewriter.clone()).await;
+        tracing::debug!(%peer, ?outcome, "connection ended");
+    }
+}

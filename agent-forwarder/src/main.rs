@@ -1,0 +1,55 @@
+//! `agent-protocol-forwarder`: flags and wiring; the logic is in the library.
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Relays the adaptor's ttrpc connections to the kata-agent inside the pod VM")]
+struct Args {
+    /// The forwarder config document written by the user-data step.
+    #[arg(long, env = "FORWARDER_CONFIG", default_value = "/run/peerpod/daemon.json")]
+    config: PathBuf,
+    /// Overrides the config's kata-agent socket path.
+    #[arg(long, env = "FORWARDER_AGENT_SOCKET")]
+    agent_socket: Option<PathBuf>,
+    /// Overrides the config's listen address.
+    #[arg(long, env = "FORWARDER_LISTEN")]
+    listen: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut cfg = agent_forwarder::load_config(&args.config)?;
+    if let Some(s) = args.agent_socket {
+        cfg.agent_socket = s;
+    }
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let fwd = agent_forwarder::Forwarder::bind(&cfg).await?;
+        tracing::info!(
+            addr = %fwd.local_addr()?,
+            agent = %cfg.agent_socket.display(),
+            tls = cfg.tls.is_some(),
+            sandbox = %cfg.sandbox_id,
+            "forwarder listening"
+        );
+        fwd.serve().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,319 @@
+//! Relays ttrpc frames between a downstream connection (the side that sends
+//! requests) and an upstream one (the side that answers).
+//!
+//! Frames are moved whole and in order per direction; many requests may be
+//! in flight and a silent connection is normal (no idle or per-request
+//! timeout here). The relay tracks which request stream ids await a
+//! response, so that when the upstream goes away each waiting caller gets an
+//! `UNAVAILABLE` error instead of hanging. A frame over the size limit is
+//! read past (not buffered) and answered with `RESOURCE_EXHAUSTED`; the
+//! connection stays usable.
+
+use crate::frame::{read_header, FrameHeader, MessageType, HEADER_LEN};
+use crate::rewrite::{self, RequestRewriter};
+use crate::status::error_frame;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::sync::Mutex;
+use ttrpc::Code;
+
+/// Buffers larger than this are released after use, so one big frame does
+/// not pin memory for the life of a connection.
+const KEEP_BUFFER_BYTES: usize = 256 * 1024;
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// How a relay behaves.
+#[derive(Clone)]
+pub struct RelayOptions {
+    /// Largest frame payload relayed in either direction.
+    pub max_payload: u32,
+    /// Names the connection in logs (e.g. the sandbox id).
+    pub label: String,
+    /// Counts relayed bytes, shared across connections (for metrics).
+    pub counters: Arc<RelayCounters>,
+}
+
+impl RelayOptions {
+    pub fn new(label: impl Into<String>) -> Self {
+        Self {
+            max_payload: crate::frame::DEFAULT_MAX_PAYLOAD,
+            label: label.into(),
+            counters: Arc::new(RelayCounters::default()),
+        }
+    }
+}
+
+/// Byte and connection counters.
+#[derive(Debug, Default)]
+pub struct RelayCounters {
+    pub bytes_to_upstream: AtomicU64,
+    pub bytes_to_downstream: AtomicU64,
+    pub active_connections: AtomicU64,
+}
+
+/// Why a relayed connection ended.
+#[derive(Debug)]
+pub enum RelayOutcome {
+    /// The downstream side closed its connection.
+    DownstreamClosed,
+    /// The upstream side closed; waiting callers were failed.
+    UpstreamClosed { failed_requests: usize },
+    /// Reading or writing downstream failed.
+    DownstreamError(std::io::Error),
+    /// Reading or writing upstream failed; waiting callers were failed.
+    UpstreamError {
+        error: std::io::Error,
+        failed_requests: usize,
+    },
+}
+
+enum End {
+    DownClosed,
+    DownErr(std::io::Error),
+    UpClosed,
+    UpErr(std::io::Error),
+}
+
+type Pending = Arc<StdMutex<HashSet<u32>>>;
+
+struct Shared<D> {
+    down_writer: Mutex<WriteHalf<D>>,
+    pending: Pending,
+    opts: RelayOptions,
+}
+
+impl<D: AsyncWrite> Shared<D> {
+    async fn write_down(&self, frame: &[u8]) -> std::io::Result<()> {
+        let mut w = self.down_writer.lock().await;
+        w.write_all(frame).await?;
+        w.flush().await
+    }
+
+    fn pending_insert(&self, id: u32) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id);
+        }
+    }
+
+    fn pending_remove(&self, id: u32) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&id);
+        }
+    }
+
+    fn pending_take(&self) -> Vec<u32> {
+        match self.pending.lock() {
+            Ok(mut p) => p.drain().collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// Relays frames until either side ends, then closes both.
+pub async fn relay_connection<D, U>(
+    down: D,
+    up: U,
+    opts: RelayOptions,
+    rewriter: Arc<dyn RequestRewriter>,
+) -> RelayOutcome
+where
+    D: AsyncRead + AsyncWrite + Send + 'static,
+    U: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (down_r, down_w) = tokio::io::split(down);
+    let (up_r, up_w) = tokio::io::split(up);
+    let shared = Arc::new(Shared {
+        down_writer: Mutex::new(down_w),
+        pending: Arc::new(StdMutex::new(HashSet::new())),
+        opts,
+    });
+    shared.opts.counters.active_connections.fetch_add(1, Ordering::Relaxed);
+
+    let end = tokio::select! {
+        e = requests(down_r, up_w, &shared, rewriter.as_ref()) => e,
+        e = responses(up_r, &shared) => e,
+    };
+
+    let outcome = match end {
+        End::DownClosed => RelayOutcome::DownstreamClosed,
+        End::DownErr(e) => RelayOutcome::DownstreamError(e),
+        End::UpClosed => RelayOutcome::UpstreamClosed {
+            failed_requests: fail_pending(&shared, "the pod VM closed the connection").await,
+        },
+        End::UpErr(error) => {
+            let why = format!("the connection to the pod VM failed: {error}");
+            RelayOutcome::UpstreamError {
+                failed_requests: fail_pending(&shared, &why).await,
+                error,
+            }
+        }
+    };
+    let _ = shared.down_writer.lock().await.shutdown().await;
+    shared.opts.counters.active_connections.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(label = %shared.opts.label, ?outcome, "relayed connection ended");
+    outcome
+}
+
+async fn fail_pending<D: AsyncWrite>(shared: &Shared<D>, why: &str) -> usize {
+    let ids = shared.pending_take();
+    for id in &ids {
+        if shared.write_down(&error_frame(*id, Code::UNAVAILABLE, why)).await.is_err() {
+            break;
+        }
+    }
+    if !ids.is_empty() {
+        tracing::warn!(label = %shared.opts.label, failed = ids.len(), "{why}; failed the requests still waiting");
+    }
+    ids.len()
+}
+
+/// Reads past `len` payload bytes without keeping them.
+async fn discard<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> std::io::Result<()> {
+    let copied = tokio::io::copy(&mut r.take(u64::from(len)), &mut tokio::io::sink()).await?;
+    if copied < u64::from(len) {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+/// Reads one payload after `h` into `buf` (header included at the front).
+async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    h: &FrameHeader,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    if buf.capacity() > KEEP_BUFFER_BYTES && (h.length as usize) < KEEP_BUFFER_BYTES {
+        *buf = Vec::new();
+    }
+    buf.clear();
+    buf.extend_from_slice(&h.encode());
+    buf.resize(HEADER_LEN + h.length as usize, 0);
+    r.read_exact(&mut buf[HEADER_LEN..]).await?;
+    Ok(())
+}
+
+/// Downstream → upstream: requests (and stream data) from the caller.
+async fn requests<D, U>(
+    down_r: ReadHalf<D>,
+    mut up_w: WriteHalf<U>,
+    shared: &Shared<D>,
+    rewriter: &dyn RequestRewriter,
+) -> End
+where
+    D: AsyncRead + AsyncWrite,
+    U: AsyncRead + AsyncWrite,
+{
+    let mut r = BufReader::with_capacity(READ_BUFFER_BYTES, down_r);
+    let mut buf = Vec::new();
+    let max = shared.opts.max_payload;
+    loop {
+        let h = match read_header(&mut r).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return End::DownClosed,
+            Err(e) => return End::DownErr(e),
+        };
+        if h.length > max {
+            tracing::warn!(label = %shared.opts.label, stream = h.stream_id, bytes = h.length, limit = max,
+                "refusing an oversized frame from the caller");
+            if let Err(e) = discard(&mut r, h.length).await {
+                return End::DownErr(e);
+            }
+            if h.kind == MessageType::Request {
+                let msg = format!(
+                    "request of {} bytes exceeds the relay's frame limit of {} bytes",
+                    h.length, max
+                );
+                let f = error_frame(h.stream_id, Code::RESOURCE_EXHAUSTED, &msg);
+                if let Err(e) = shared.write_down(&f).await {
+                    return End::DownErr(e);
+                }
+            }
+            continue;
+        }
+        if let Err(e) = read_frame(&mut r, &h, &mut buf).await {
+            return End::DownErr(e);
+        }
+        if h.kind == MessageType::Request {
+            match rewrite::apply(rewriter, &buf[HEADER_LEN..]) {
+                Ok(None) => {}
+                Ok(Some(new_payload)) => {
+                    buf = crate::frame::encode_frame(h.stream_id, h.kind, h.flags, &new_payload);
+                }
+                Err(e) => {
+                    tracing::warn!(label = %shared.opts.label, stream = h.stream_id, error = %e,
+                        "refusing a request that could not be rewritten");
+                    let f = error_frame(h.stream_id, Code::INVALID_ARGUMENT, &e.to_string());
+                    if let Err(e) = shared.write_down(&f).await {
+                        return End::DownErr(e);
+                    }
+                    continue;
+                }
+            }
+            shared.pending_insert(h.stream_id);
+        }
+        if let Err(e) = up_w.write_all(&buf).await {
+            return End::UpErr(e);
+        }
+        if let Err(e) = up_w.flush().await {
+            return End::UpErr(e);
+        }
+        shared
+            .opts
+            .counters
+            .bytes_to_upstream
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Upstream → downstream: responses (and stream data) from the answering side.
+async fn responses<D, U>(up_r: ReadHalf<U>, shared: &Shared<D>) -> End
+where
+    D: AsyncRead + AsyncWrite,
+    U: AsyncRead + AsyncWrite,
+{
+    let mut r = BufReader::with_capacity(READ_BUFFER_BYTES, up_r);
+    let mut buf = Vec::new();
+    let max = shared.opts.max_payload;
+    loop {
+        let h = match read_header(&mut r).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return End::UpClosed,
+            Err(e) => return End::UpErr(e),
+        };
+        if h.length > max {
+            tracing::warn!(label = %shared.opts.label, stream = h.stream_id, bytes = h.length, limit = max,
+                "dropping an oversized frame from the pod VM");
+            if let Err(e) = discard(&mut r, h.length).await {
+                return End::UpErr(e);
+            }
+            if h.kind == MessageType::Response {
+                shared.pending_remove(h.stream_id);
+                let msg = format!(
+                    "response of {} bytes exceeds the relay's frame limit of {} bytes",
+                    h.length, max
+                );
+                let f = error_frame(h.stream_id, Code::RESOURCE_EXHAUSTED, &msg);
+                if let Err(e) = shared.write_down(&f).await {
+                    return End::DownErr(e);
+                }
+            }
+            continue;
+        }
+        if let Err(e) = read_frame(&mut r, &h, &mut buf).await {
+            return End::UpErr(e);
+        }
+        if h.kind == MessageType::Response {
+            shared.pending_remove(h.stream_id);
+        }
+        if let Err(e) = shared.write_down(&buf).await {
+            return End::DownErr(e);
+        }
+        shared
+            .opts
+            .counters
+            .bytes_to_downstream
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+    }
+}
