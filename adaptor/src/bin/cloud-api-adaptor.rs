@@ -1,0 +1,146 @@
+//! `cloud-api-adaptor`: flags, provider choice and wiring. The logic lives
+//! in the `cloud_api_adaptor` library.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use cloud_api_adaptor::config::{hostname, DEFAULT_PODS_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
+use cloud_api_adaptor::{AdaptorConfig, Daemon};
+use peerpod_provider_api::Provider;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(version, about = "Peer pods node daemon: the Kata remote hypervisor")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    provider: ProviderCmd,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Unix socket serving the remote hypervisor API to the Kata shim.
+    #[arg(long, env = "PEERPOD_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    socket: PathBuf,
+    /// Directory of the per-sandbox agent sockets (<dir>/<sandbox id>/agent.ttrpc).
+    #[arg(long, env = "PEERPOD_PODS_DIR", default_value = DEFAULT_PODS_DIR, global = true)]
+    pods_dir: PathBuf,
+    /// Persisted state: sandbox records and the node CA.
+    #[arg(long, env = "PEERPOD_STATE_DIR", default_value = DEFAULT_STATE_DIR, global = true)]
+    state_dir: PathBuf,
+    /// This node's name, the owner tag on every instance (default: host name).
+    #[arg(long, env = "NODE_NAME", global = true)]
+    node_name: Option<String>,
+    /// Turn mutual TLS to the pod VMs off. For debugging only: agent traffic is then unauthenticated.
+    #[arg(long, env = "PEERPOD_NO_TLS", global = true)]
+    no_tls: bool,
+    /// TCP port of the forwarder in the pod VM.
+    #[arg(long, env = "FORWARDER_PORT", default_value_t = peerpod_vmconfig::DEFAULT_PORT, global = true)]
+    forwarder_port: u16,
+    /// Longest StartVM wait in seconds when the shim sends no deadline.
+    #[arg(long, env = "PEERPOD_START_TIMEOUT", default_value_t = 600, global = true)]
+    start_timeout: u64,
+    /// Largest ttrpc frame payload relayed, in bytes.
+    #[arg(long, env = "PEERPOD_MAX_FRAME_BYTES", default_value_t = peerpod_relay::frame::DEFAULT_MAX_PAYLOAD, global = true)]
+    max_frame_bytes: u32,
+    /// Check the provider's configuration, print what was checked, and exit.
+    #[arg(long, global = true)]
+    check: bool,
+}
+
+#[derive(Subcommand)]
+enum ProviderCmd {
+    /// Instances are processes in network namespaces on this host (no cloud needed).
+    Local(LocalArgs),
+}
+
+#[derive(Args)]
+struct LocalArgs {
+    /// Where the local provider keeps its instances (default: <state dir>/local).
+    #[arg(long, env = "LOCAL_STATE_DIR")]
+    local_state_dir: Option<PathBuf>,
+    /// The forwarder binary (default: agent-protocol-forwarder next to this binary).
+    #[arg(long, env = "LOCAL_FORWARDER_BIN")]
+    forwarder_bin: Option<PathBuf>,
+    /// The kata-agent binary (default: the kata-agent-double test agent next to this binary).
+    #[arg(long, env = "LOCAL_AGENT_BIN")]
+    agent_bin: Option<PathBuf>,
+    /// Host bridge joining the instances' network namespaces.
+    #[arg(long, env = "LOCAL_BRIDGE", default_value = "pplocal0")]
+    bridge: String,
+    /// The /24 the local provider gives its instances (the bridge takes .1).
+    #[arg(long, env = "LOCAL_SUBNET", default_value = "10.213.0.0")]
+    subnet: std::net::Ipv4Addr,
+}
+
+fn provider(cmd: ProviderCmd, state_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Provider>> {
+    match cmd {
+        ProviderCmd::Local(a) => {
+            let mut cfg = peerpod_provider_local::LocalConfig::with_defaults(
+                a.local_state_dir.unwrap_or_else(|| state_dir.join("local")),
+            );
+            if let Some(f) = a.forwarder_bin {
+                cfg.forwarder_bin = f;
+            }
+            if let Some(b) = a.agent_bin {
+                cfg.agent_bin = b;
+            }
+            cfg.bridge = a.bridge;
+            cfg.subnet = a.subnet;
+            Ok(Arc::new(peerpod_provider_local::LocalProvider::new(cfg)?))
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let g = cli.global;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let provider = provider(cli.provider, &g.state_dir)?;
+        let checks = provider
+            .verify()
+            .await
+            .with_context(|| format!("provider {} configuration check failed", provider.name()))?;
+        for line in &checks {
+            tracing::info!(provider = provider.name(), "checked: {line}");
+        }
+        if g.check {
+            for line in checks {
+                println!("ok: {line}");
+            }
+            return Ok(());
+        }
+        let mut cfg = AdaptorConfig::new(g.node_name.unwrap_or_else(hostname));
+        cfg.socket = g.socket;
+        cfg.pods_dir = g.pods_dir;
+        cfg.state_dir = g.state_dir;
+        cfg.tls = !g.no_tls;
+        cfg.forwarder_port = g.forwarder_port;
+        cfg.start_timeout = Duration::from_secs(g.start_timeout);
+        cfg.max_frame_bytes = g.max_frame_bytes;
+        let daemon = Daemon::start(cfg, provider).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down; sandboxes and their VMs stay and are recovered at the next start");
+        daemon.shutdown().await;
+        Ok(())
+    })
+}

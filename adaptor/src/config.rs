@@ -1,0 +1,66 @@
+//! The adaptor's settings (flags and env vars are mapped onto this in the
+//! binary; see docs/configuration.md).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_SOCKET: &str = "/run/peerpod/hypervisor.sock";
+pub const DEFAULT_PODS_DIR: &str = "/run/peerpod/pods";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/peerpod";
+
+/// Everything the daemon needs besides its provider.
+#[derive(Debug, Clone)]
+pub struct AdaptorConfig {
+    /// Unix socket of the remote hypervisor API.
+    pub socket: PathBuf,
+    /// Parent of the per-sandbox directories holding `agent.ttrpc`.
+    pub pods_dir: PathBuf,
+    /// Persisted state: sandbox records and the node CA.
+    pub state_dir: PathBuf,
+    /// This node's name, carried by every instance as its owner tag.
+    pub node_name: String,
+    /// Mutual TLS to the forwarders (off only for debugging).
+    pub tls: bool,
+    /// The forwarder's TCP port in the VM.
+    pub forwarder_port: u16,
+    /// Longest StartVM wait when the caller gave no deadline (the shim's
+    /// own timeout, when it sends one, is used if shorter).
+    pub start_timeout: Duration,
+    /// TCP connect / TLS handshake limit per attempt to reach a forwarder.
+    pub connect_timeout: Duration,
+    /// Largest ttrpc frame payload relayed.
+    pub max_frame_bytes: u32,
+    /// Longest instance name the provider accepts.
+    pub instance_name_max: usize,
+}
+
+impl AdaptorConfig {
+    /// Defaults for `node_name`.
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            socket: DEFAULT_SOCKET.into(),
+            pods_dir: DEFAULT_PODS_DIR.into(),
+            state_dir: DEFAULT_STATE_DIR.into(),
+            node_name: node_name.into(),
+            tls: true,
+            forwarder_port: peerpod_vmconfig::DEFAULT_PORT,
+            start_timeout: Duration::from_secs(600),
+            connect_timeout: Duration::from_secs(3),
+            max_frame_bytes: peerpod_relay::frame::DEFAULT_MAX_PAYLOAD,
+            instance_name_max: 63,
+        }
+    }
+
+    /// The agent socket path returned by CreateVM.
+    pub fn agent_socket(&self, sandbox_id: &str) -> PathBuf {
+        self.pods_dir.join(sandbox_id).join("agent.ttrpc")
+    }
+}
+
+/// The host name, for the default node name.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}

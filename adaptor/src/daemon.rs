@@ -1,0 +1,87 @@
+//! Start-up wiring: one adaptor per state directory (a lock file), the
+//! hypervisor socket bound early (runtime-rs resolves it when it loads its
+//! config) and never taken from a live owner, recovery of persisted
+//! sandboxes, then serving until a signal.
+
+use crate::agent_socket::{bind_exclusive, SocketError};
+use crate::config::AdaptorConfig;
+use crate::manager::{Manager, ManagerError};
+use crate::service::HypervisorService;
+use nix::fcntl::{Flock, FlockArg};
+use peerpod_protocols::hypervisor_ttrpc::create_hypervisor;
+use peerpod_provider_api::Provider;
+use std::sync::Arc;
+use ttrpc::r#async::transport::Listener;
+use ttrpc::r#async::Server;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("state directory {path}: {source}")]
+    StateDir { path: String, source: std::io::Error },
+    #[error("another cloud-api-adaptor already uses the state directory {0} (its lock is held)")]
+    Locked(String),
+    #[error("hypervisor socket: {0}")]
+    Socket(#[from] SocketError),
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    #[error("ttrpc server: {0}")]
+    Ttrpc(#[from] ttrpc::Error),
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub manager: Arc<Manager>,
+    server: Server,
+    _lock: Flock<std::fs::File>,
+    socket: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// Locks the state dir, binds the socket, recovers, starts serving.
+    pub async fn start(cfg: AdaptorConfig, provider: Arc<dyn Provider>) -> Result<Self, DaemonError> {
+        let state = cfg.state_dir.display().to_string();
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|source| DaemonError::StateDir {
+            path: state.clone(),
+            source,
+        })?;
+        let lock_path = cfg.state_dir.join("adaptor.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| DaemonError::StateDir {
+                path: lock_path.display().to_string(),
+                source,
+            })?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| DaemonError::Locked(state))?;
+        let listener = bind_exclusive(&cfg.socket)?;
+        let socket = cfg.socket.clone();
+        let manager = Manager::new(cfg, provider)?;
+        let recovered = manager.recover().await?;
+        let mut server = Server::new()
+            .add_listener(Listener::from(listener))
+            .register_service(create_hypervisor(HypervisorService::new(manager.clone())));
+        server.start().await?;
+        tracing::info!(
+            socket = %socket.display(),
+            provider = manager.provider_name(),
+            recovered,
+            "cloud-api-adaptor serving the remote hypervisor API"
+        );
+        Ok(Self {
+            manager,
+            server,
+            _lock: lock,
+            socket,
+        })
+    }
+
+    /// Stops serving the hypervisor socket (sandboxes and VMs stay: they
+    /// are picked up again at the next start).
+    pub async fn shutdown(mut self) {
+        let _ = self.server.shutdown().await;
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}

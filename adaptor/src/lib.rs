@@ -1,0 +1,20 @@
+//! The peer pods node daemon (`cloud-api-adaptor`): the Kata *remote
+//! hypervisor*. It creates one VM per pod through a provider, serves the
+//! pod's agent socket and relays it over mutual TLS to the VM's forwarder,
+//! and keeps every sandbox on disk so nothing is lost on restart.
+
+pub mod agent_socket;
+pub mod annotations;
+pub mod ca;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod manager;
+pub mod readiness;
+pub mod service;
+pub mod state;
+pub mod upstream;
+
+pub use config::AdaptorConfig;
+pub use daemon::Daemon;
+pub use manager::Manager;

@@ -1,0 +1,690 @@
+//! The sandbox registry and its life cycle: one state machine per sandbox
+//! (`Created → Provisioning → Running → Stopping → gone`, plus `Failed`),
+//! each transition persisted before the side effect it announces. It owns
+//! the provider calls, readiness and the per-sandbox agent sockets, and
+//! resumes all of it after a restart.
+
+use crate::agent_socket::{AgentSocket, SocketError, Target};
+use crate::annotations::{AnnotationError, PodSpec};
+use crate::ca::{CaError, NodeCa};
+use crate::config::AdaptorConfig;
+use crate::readiness::wait_ready;
+use crate::state::{Phase, SandboxRecord, Store, StoreError};
+use crate::upstream::Upstream;
+use peerpod_provider_api::{instance_name, InstanceRequest, OwnerTags, Provider, ProviderError};
+use peerpod_relay::relay::RelayCounters;
+use peerpod_relay::RelayOptions;
+use peerpod_vmconfig::ForwarderConfig;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{watch, Mutex};
+
+/// Longest accepted sandbox id (containerd uses 64 hex characters).
+const MAX_ID_LEN: usize = 128;
+/// Teardown retries back off up to this.
+const MAX_TEARDOWN_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What went wrong, with the ttrpc code the shim gets.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("invalid sandbox id {id:?}: {why}")]
+    InvalidId { id: String, why: &'static str },
+    #[error("CreateVM {id}: {source}")]
+    Annotation { id: String, source: AnnotationError },
+    #[error("CreateVM {id}: sandbox id is already in use (phase {phase})")]
+    Duplicate { id: String, phase: &'static str },
+    #[error("StartVM {0}: no such sandbox (CreateVM was not called, or it was stopped)")]
+    Unknown(String),
+    #[error("StartVM {id}: sandbox is {phase}, not created")]
+    WrongPhase { id: String, phase: &'static str },
+    #[error("StartVM {id} failed in phase \"{phase}\": {message}")]
+    Start {
+        id: String,
+        phase: &'static str,
+        message: String,
+        provider_error: Option<ProviderError>,
+    },
+    #[error("StartVM {id}: stopped by StopVM before it was ready")]
+    Cancelled { id: String },
+    #[error("persisting sandbox state: {0}")]
+    Store(#[from] StoreError),
+    #[error("agent socket: {0}")]
+    Socket(#[from] SocketError),
+    #[error("node CA: {0}")]
+    Ca(#[from] CaError),
+}
+
+impl ManagerError {
+    /// The ttrpc status code for this error.
+    pub fn code(&self) -> ttrpc::Code {
+        use peerpod_provider_api::ErrorKind as K;
+        match self {
+            ManagerError::InvalidId { .. } | ManagerError::Annotation { .. } => ttrpc::Code::INVALID_ARGUMENT,
+            ManagerError::Duplicate { .. } => ttrpc::Code::ALREADY_EXISTS,
+            ManagerError::Unknown(_) => ttrpc::Code::NOT_FOUND,
+            ManagerError::WrongPhase { .. } => ttrpc::Code::FAILED_PRECONDITION,
+            ManagerError::Cancelled { .. } => ttrpc::Code::CANCELLED,
+            ManagerError::Start { provider_error, phase, .. } => match provider_error.as_ref().map(|e| e.kind) {
+                Some(K::Throttled | K::QuotaExceeded | K::InsufficientCapacity) => ttrpc::Code::RESOURCE_EXHAUSTED,
+                Some(K::InvalidConfig | K::InvalidRequest) => ttrpc::Code::INVALID_ARGUMENT,
+                Some(K::PermissionDenied) => ttrpc::Code::PERMISSION_DENIED,
+                Some(K::NotFound) => ttrpc::Code::NOT_FOUND,
+                Some(K::Transient) => ttrpc::Code::UNAVAILABLE,
+                Some(K::Permanent) => ttrpc::Code::FAILED_PRECONDITION,
+                None if *phase == PHASE_READY => ttrpc::Code::DEADLINE_EXCEEDED,
+                None => ttrpc::Code::INTERNAL,
+            },
+            ManagerError::Store(_) | ManagerError::Socket(_) | ManagerError::Ca(_) => ttrpc::Code::INTERNAL,
+        }
+    }
+}
+
+const PHASE_CREATE: &str = "provider create";
+const PHASE_READY: &str = "agent ready";
+const PHASE_CONFIG: &str = "VM config";
+
+/// Checks a sandbox id before it is used in paths and tags.
+pub fn check_sandbox_id(id: &str) -> Result<(), ManagerError> {
+    let bad = |why| {
+        Err(ManagerError::InvalidId {
+            id: id.chars().take(MAX_ID_LEN).collect(),
+            why,
+        })
+    };
+    if id.is_empty() {
+        return bad("empty");
+    }
+    if id.len() > MAX_ID_LEN {
+        return bad("longer than 128 characters");
+    }
+    if id.starts_with('.') {
+        return bad("starts with a dot");
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return bad("only letters, digits, '-', '_' and '.' are allowed");
+    }
+    Ok(())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One sandbox in memory.
+struct Sandbox {
+    record: Mutex<SandboxRecord>,
+    /// Held by StartVM for its whole run and by the teardown, so the two
+    /// never act on the instance at the same time.
+    op: Mutex<()>,
+    socket: StdMutex<Option<AgentSocket>>,
+    stop_requested: watch::Sender<bool>,
+}
+
+impl Sandbox {
+    fn new(record: SandboxRecord) -> Arc<Self> {
+        Arc::new(Self {
+            record: Mutex::new(record),
+            op: Mutex::new(()),
+            socket: StdMutex::new(None),
+            stop_requested: watch::channel(false).0,
+        })
+    }
+
+    fn set_target(&self, t: Target) {
+        if let Ok(s) = self.socket.lock() {
+            if let Some(s) = s.as_ref() {
+                s.set_target(t);
+            }
+        }
+    }
+
+    fn close_socket(&self) {
+        if let Ok(mut s) = self.socket.lock() {
+            s.take();
+        }
+    }
+}
+
+/// A short summary for `list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SandboxSummary {
+    pub id: String,
+    pub pod: String,
+    pub namespace: String,
+    pub phase: Phase,
+    pub instance_id: Option<String>,
+    pub instance_ip: Option<std::net::IpAddr>,
+    pub created_at: u64,
+}
+
+/// The registry.
+pub struct Manager {
+    cfg: AdaptorConfig,
+    provider: Arc<dyn Provider>,
+    store: Store,
+    ca: Option<NodeCa>,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
+    sandboxes: StdMutex<HashMap<String, Arc<Sandbox>>>,
+    counters: Arc<RelayCounters>,
+    /// Background teardowns still running (tests and shutdown wait on it).
+    teardowns: watch::Sender<usize>,
+}
+
+impl Manager {
+    /// Opens the state directory and the node CA.
+    pub fn new(cfg: AdaptorConfig, provider: Arc<dyn Provider>) -> Result<Arc<Self>, ManagerError> {
+        let store = Store::open(&cfg.state_dir)?;
+        let (ca, client_tls) = if cfg.tls {
+            let ca = NodeCa::load_or_create(&cfg.state_dir)?;
+            let client = ca.client_config()?;
+            (Some(ca), Some(client))
+        } else {
+            tracing::warn!(
+                "TLS TO POD VMS IS OFF (--no-tls): agent traffic crosses the network in clear text \
+                 and any host can drive a pod's kata-agent. Use this only for debugging."
+            );
+            (None, None)
+        };
+        Ok(Arc::new(Self {
+            cfg,
+            provider,
+            store,
+            ca,
+            client_tls,
+            sandboxes: StdMutex::new(HashMap::new()),
+            counters: Arc::new(RelayCounters::default()),
+            teardowns: watch::channel(0).0,
+        }))
+    }
+
+    pub fn config(&self) -> &AdaptorConfig {
+        &self.cfg
+    }
+
+    pub fn provider_name(&self) -> &str {
+        self.provider.name()
+    }
+
+    /// Relay byte and connection counters of every sandbox.
+    pub fn relay_counters(&self) -> Arc<RelayCounters> {
+        self.counters.clone()
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Sandbox>> {
+        self.sandboxes.lock().ok().and_then(|m| m.get(id).cloned())
+    }
+
+    fn relay_options(&self, id: &str) -> RelayOptions {
+        RelayOptions {
+            max_payload: self.cfg.max_frame_bytes,
+            label: id.to_string(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    fn owner(&self, id: &str) -> OwnerTags {
+        OwnerTags {
+            node: self.cfg.node_name.clone(),
+            sandbox_id: id.to_string(),
+        }
+    }
+
+    fn upstream(&self, rec: &SandboxRecord) -> Option<Upstream> {
+        let ip = rec.instance_ip?;
+        Upstream::new(
+            SocketAddr::new(ip, self.cfg.forwarder_port),
+            &rec.instance_name,
+            self.client_tls.clone(),
+            self.cfg.connect_timeout,
+        )
+        .ok()
+    }
+
+    /// Every sandbox, oldest first.
+    pub async fn list(&self) -> Vec<SandboxSummary> {
+        let all: Vec<Arc<Sandbox>> = match self.sandboxes.lock() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut out = Vec::new();
+        for sb in all {
+            let r = sb.record.lock().await;
+            out.push(SandboxSummary {
+                id: r.id.clone(),
+                pod: r.spec.pod_name.clone(),
+                namespace: r.spec.pod_namespace.clone(),
+                phase: r.phase,
+                instance_id: r.instance_id.clone(),
+                instance_ip: r.instance_ip,
+                created_at: r.created_at,
+            });
+        }
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// CreateVM: validates, persists the sandbox and serves its agent
+    /// socket (connections wait until the VM is ready). Returns the socket.
+    pub async fn create_vm(
+        &self,
+        id: &str,
+        annotations: &HashMap<String, String>,
+        netns_path: &str,
+    ) -> Result<std::path::PathBuf, ManagerError> {
+        check_sandbox_id(id)?;
+        let spec = PodSpec::from_annotations(annotations).map_err(|source| ManagerError::Annotation {
+            id: id.to_string(),
+            source,
+        })?;
+        let record = SandboxRecord {
+            id: id.to_string(),
+            instance_name: instance_name(&spec.pod_name, id, self.cfg.instance_name_max),
+            spec,
+            netns_path: Some(netns_path.to_string()).filter(|p| !p.is_empty()),
+            phase: Phase::Created,
+            instance_id: None,
+            instance_ip: None,
+            last_error: None,
+            created_at: now_secs(),
+        };
+        let sb = {
+            let mut map = self.sandboxes.lock().map_err(|_| ManagerError::Unknown(id.into()))?;
+            if let Some(existing) = map.get(id) {
+                let phase = existing.record.try_lock().map(|r| r.phase.as_str()).unwrap_or("busy");
+                return Err(ManagerError::Duplicate {
+                    id: id.to_string(),
+                    phase,
+                });
+            }
+            let sb = Sandbox::new(record.clone());
+            map.insert(id.to_string(), sb.clone());
+            sb
+        };
+        tracing::info!(
+            "create a sandbox {} for pod {} in namespace {}",
+            id,
+            record.spec.pod_name,
+            record.spec.pod_namespace
+        );
+        let result = async {
+            self.store.save(&record)?;
+            let path = self.cfg.agent_socket(id);
+            let socket = AgentSocket::serve(&path, Target::Pending, self.relay_options(id))?;
+            if let Ok(mut s) = sb.socket.lock() {
+                *s = Some(socket);
+            }
+            Ok::<_, ManagerError>(path)
+        }
+        .await;
+        if result.is_err() {
+            // Nothing was created outside this process: forget it whole.
+            if let Ok(mut m) = self.sandboxes.lock() {
+                m.remove(id);
+            }
+            let _ = self.store.remove(id);
+            let _ = std::fs::remove_dir_all(self.cfg.pods_dir.join(id));
+        }
+        result
+    }
+
+    /// StartVM: creates the instance and returns once the agent answered a
+    /// Health check through the forwarder. The work runs in its own task,
+    /// so a caller that goes away cannot leave a half-made VM behind.
+    pub async fn start_vm(self: &Arc<Self>, id: &str, caller_timeout: Option<Duration>) -> Result<(), ManagerError> {
+        check_sandbox_id(id)?;
+        let sb = self.get(id).ok_or_else(|| ManagerError::Unknown(id.to_string()))?;
+        let budget = match caller_timeout {
+            // Leave the caller time to receive our answer.
+            Some(t) => t.saturating_sub(Duration::from_millis(200)).min(self.cfg.start_timeout),
+            None => self.cfg.start_timeout,
+        };
+        let deadline = Instant::now() + budget;
+        let this = self.clone();
+        let id_owned = id.to_string();
+        let task = tokio::spawn(async move { this.run_start(&id_owned, sb, deadline).await });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => Err(ManagerError::Start {
+                id: id.to_string(),
+                phase: "internal",
+                message: format!("start task ended: {e}"),
+                provider_error: None,
+            }),
+        }
+    }
+
+    async fn run_start(&self, id: &str, sb: Arc<Sandbox>, deadline: Instant) -> Result<(), ManagerError> {
+        let _op = sb.op.lock().await;
+        let mut stop_rx = sb.stop_requested.subscribe();
+        if *stop_rx.borrow() {
+            return Err(ManagerError::Cancelled { id: id.into() });
+        }
+        // Created → Provisioning, persisted before the provider is asked.
+        let request = {
+            let mut r = sb.record.lock().await;
+            match r.phase {
+                Phase::Created => {}
+                Phase::Running => return Ok(()),
+                other => {
+                    return Err(ManagerError::WrongPhase {
+                        id: id.into(),
+                        phase: other.as_str(),
+                    })
+                }
+            }
+            let request = self.instance_request(&r).map_err(|e| ManagerError::Start {
+                id: id.into(),
+                phase: PHASE_CONFIG,
+                message: e.to_string(),
+                provider_error: None,
+            })?;
+            r.phase = Phase::Provisioning;
+            self.store.save(&r)?;
+            request
+        };
+        let name = request.name.clone();
+        let started = Instant::now();
+        tracing::info!(sandbox = id, instance = %name, provider = self.provider.name(), "creating the pod VM");
+        let created = self.provider.create_instance(request).await;
+        let instance = match created {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(sandbox = id, error = %e, "provider create failed");
+                // A failed create may still have made something: sweep by owner tags.
+                self.delete_owned_instances(id, None).await;
+                self.mark_failed(&sb, &e.to_string()).await?;
+                return Err(ManagerError::Start {
+                    id: id.into(),
+                    phase: PHASE_CREATE,
+                    message: e.to_string(),
+                    provider_error: Some(e),
+                });
+            }
+        };
+        let create_took = started.elapsed();
+        let ip = instance.ips.first().copied();
+        {
+            let mut r = sb.record.lock().await;
+            r.instance_id = Some(instance.id.clone());
+            r.instance_ip = ip;
+            self.store.save(&r)?;
+        }
+        tracing::info!(sandbox = id, instance_id = %instance.id, ip = ?ip, took = ?create_took, "pod VM created");
+        let fail = |phase: &'static str, message: String| ManagerError::Start {
+            id: id.into(),
+            phase,
+            message,
+            provider_error: None,
+        };
+        let outcome: Result<Duration, ManagerError> = async {
+            let Some(ip) = ip else {
+                return Err(fail(PHASE_CREATE, format!("provider returned instance {} without an IP address", instance.id)));
+            };
+            let up = Upstream::new(
+                SocketAddr::new(ip, self.cfg.forwarder_port),
+                &name,
+                self.client_tls.clone(),
+                self.cfg.connect_timeout,
+            )
+            .map_err(|e| fail(PHASE_CONFIG, e.to_string()))?;
+            let ready = tokio::select! {
+                r = wait_ready(&up, deadline) => r,
+                _ = stop_rx.wait_for(|s| *s) => return Err(ManagerError::Cancelled { id: id.into() }),
+            };
+            match ready {
+                Ok(took) => {
+                    let mut r = sb.record.lock().await;
+                    if r.phase != Phase::Provisioning {
+                        return Err(ManagerError::Cancelled { id: id.into() });
+                    }
+                    r.phase = Phase::Running;
+                    r.last_error = None;
+                    self.store.save(&r)?;
+                    sb.set_target(Target::Ready(up));
+                    Ok(took)
+                }
+                Err(e) => {
+                    let mut msg = e.to_string();
+                    if let Some(console) = self.provider.console_tail(&instance.id).await {
+                        msg.push_str("; console tail:\n");
+                        msg.push_str(&console);
+                    }
+                    Err(fail(PHASE_READY, msg))
+                }
+            }
+        }
+        .await;
+        match outcome {
+            Ok(ready_took) => {
+                tracing::info!(sandbox = id, provider_create = ?create_took, agent_ready = ?ready_took, "sandbox running");
+                Ok(())
+            }
+            Err(ManagerError::Cancelled { .. }) => {
+                // StopVM owns the teardown from here (it waits for `op`).
+                Err(ManagerError::Cancelled { id: id.into() })
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = id, error = %e, "StartVM failed; deleting the instance it created");
+                self.delete_owned_instances(id, Some(&instance.id)).await;
+                self.mark_failed(&sb, &e.to_string()).await?;
+                Err(e)
+            }
+        }
+    }
+
+    fn instance_request(&self, r: &SandboxRecord) -> Result<InstanceRequest, ManagerError> {
+        let tls = match &self.ca {
+            Some(ca) => Some(ca.issue_server(&r.instance_name)?),
+            None => None,
+        };
+        let mut fwd = ForwarderConfig::new(r.id.clone(), tls);
+        fwd.listen = format!("0.0.0.0:{}", self.cfg.forwarder_port);
+        fwd.max_frame_bytes = self.cfg.max_frame_bytes;
+        Ok(InstanceRequest {
+            name: r.instance_name.clone(),
+            owner: self.owner(&r.id),
+            extra_tags: BTreeMap::new(),
+            vcpus: r.spec.vcpus,
+            memory_mib: r.spec.memory_mib,
+            image: r.spec.image.clone(),
+            machine_type: r.spec.machine_type.clone(),
+            user_data: fwd.to_bytes(),
+        })
+    }
+
+    async fn mark_failed(&self, sb: &Sandbox, why: &str) -> Result<(), ManagerError> {
+        let mut r = sb.record.lock().await;
+        if r.phase == Phase::Stopping {
+            return Ok(());
+        }
+        r.phase = Phase::Failed;
+        r.instance_id = None;
+        r.instance_ip = None;
+        r.last_error = Some(why.chars().take(2000).collect());
+        self.store.save(&r)?;
+        sb.set_target(Target::Closed);
+        Ok(())
+    }
+
+    /// Deletes the instance `known` (if any) and every other instance
+    /// carrying this sandbox's owner tags; returns whether all are gone.
+    async fn delete_owned_instances(&self, id: &str, known: Option<&str>) -> bool {
+        let mut all_gone = true;
+        let mut ids: Vec<String> = known.map(|k| vec![k.to_string()]).unwrap_or_default();
+        match self.provider.list_instances(&self.owner(id)).await {
+            Ok(found) => {
+                for i in found {
+                    if !ids.contains(&i.id) {
+                        ids.push(i.id);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = id, error = %e, "listing instances by owner tags failed");
+                all_gone = false;
+            }
+        }
+        for iid in ids {
+            match self.provider.delete_instance(&iid).await {
+                Ok(()) => tracing::info!(sandbox = id, instance_id = %iid, "pod VM deleted"),
+                Err(e) => {
+                    tracing::warn!(sandbox = id, instance_id = %iid, error = %e, "deleting the pod VM failed");
+                    all_gone = false;
+                }
+            }
+        }
+        all_gone
+    }
+
+    /// StopVM: answers at once; the teardown (relay closed, instance
+    /// deleted, pod directory removed, record forgotten) is persisted and
+    /// runs in the background until done.
+    pub async fn stop_vm(self: &Arc<Self>, id: &str) -> Result<(), ManagerError> {
+        check_sandbox_id(id)?;
+        let Some(sb) = self.get(id) else {
+            tracing::info!(sandbox = id, "StopVM for a sandbox this adaptor does not know (already stopped?): nothing to do");
+            return Ok(());
+        };
+        {
+            let mut r = sb.record.lock().await;
+            if r.phase == Phase::Stopping {
+                tracing::info!(sandbox = id, "StopVM again: teardown already under way");
+                return Ok(());
+            }
+            r.phase = Phase::Stopping;
+            self.store.save(&r)?;
+        }
+        sb.stop_requested.send_replace(true);
+        sb.close_socket();
+        tracing::info!(sandbox = id, "StopVM: tearing the sandbox down in the background");
+        self.spawn_teardown(id.to_string(), sb);
+        Ok(())
+    }
+
+    fn spawn_teardown(self: &Arc<Self>, id: String, sb: Arc<Sandbox>) {
+        self.teardowns.send_modify(|n| *n += 1);
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.teardown(&id, &sb).await;
+            this.teardowns.send_modify(|n| *n = n.saturating_sub(1));
+        });
+    }
+
+    async fn teardown(&self, id: &str, sb: &Sandbox) {
+        // Wait for a StartVM in progress to hand over.
+        let _op = sb.op.lock().await;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let known = sb.record.lock().await.instance_id.clone();
+            if self.delete_owned_instances(id, known.as_deref()).await {
+                break;
+            }
+            tracing::warn!(sandbox = id, retry_in = ?backoff, "teardown incomplete; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_TEARDOWN_BACKOFF);
+        }
+        let dir = self.cfg.pods_dir.join(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(sandbox = id, dir = %dir.display(), error = %e, "cannot remove the pod directory");
+            }
+        }
+        loop {
+            match self.store.remove(id) {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(sandbox = id, error = %e, "cannot forget the sandbox record; retrying");
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+        if let Ok(mut m) = self.sandboxes.lock() {
+            m.remove(id);
+        }
+        tracing::info!(sandbox = id, "sandbox stopped: instance deleted, pod directory removed");
+    }
+
+    /// Waits until no teardown is running (for tests and orderly shutdown).
+    pub async fn wait_teardowns(&self) {
+        let mut rx = self.teardowns.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Reloads every persisted sandbox after a (re)start: running ones get
+    /// their agent socket and relay back, interrupted starts are cleaned
+    /// up, interrupted teardowns resume.
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, ManagerError> {
+        let (records, bad) = self.store.load_all()?;
+        for e in bad {
+            tracing::error!(error = %e, "skipping an unreadable sandbox record (left on disk for inspection)");
+        }
+        let n = records.len();
+        for mut r in records {
+            let id = r.id.clone();
+            if check_sandbox_id(&id).is_err() {
+                tracing::error!(sandbox = %id, "skipping a record with an invalid id");
+                continue;
+            }
+            if r.phase == Phase::Provisioning {
+                tracing::warn!(sandbox = %id, "adaptor stopped during StartVM; deleting what it may have created");
+                self.delete_owned_instances(&id, r.instance_id.as_deref()).await;
+                r.phase = Phase::Failed;
+                r.instance_id = None;
+                r.instance_ip = None;
+                r.last_error = Some("adaptor restarted during StartVM".into());
+                self.store.save(&r)?;
+            }
+            let target = match r.phase {
+                Phase::Running => match self.upstream(&r) {
+                    Some(up) => Target::Ready(up),
+                    None => Target::Closed,
+                },
+                Phase::Created => Target::Pending,
+                _ => Target::Closed,
+            };
+            let phase = r.phase;
+            let sb = Sandbox::new(r);
+            if let Ok(mut m) = self.sandboxes.lock() {
+                m.insert(id.clone(), sb.clone());
+            }
+            if phase == Phase::Stopping {
+                tracing::info!(sandbox = %id, "resuming an interrupted teardown");
+                sb.stop_requested.send_replace(true);
+                self.spawn_teardown(id, sb);
+                continue;
+            }
+            match AgentSocket::serve(&self.cfg.agent_socket(&id), target, self.relay_options(&id)) {
+                Ok(s) => {
+                    if let Ok(mut slot) = sb.socket.lock() {
+                        *slot = Some(s);
+                    }
+                    tracing::info!(sandbox = %id, phase = phase.as_str(), "sandbox recovered");
+                }
+                Err(e) => tracing::error!(sandbox = %id, error = %e, "cannot serve the recovered sandbox's agent socket"),
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_id_rules() {
+        check_sandbox_id("a1b2c3-d_e.f").unwrap();
+        for bad in ["", "../etc", ".hidden", "a/b", "a b", &"x".repeat(129)] {
+            let e = check_sandbox_id(bad).unwrap_err().to_string();
+            assert!(e.contains("invalid sandbox id"), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Readiness: StartVM returns only after a `grpc.Health/Check` went end to
+//! end (adaptor → forwarder → kata-agent). Attempts back off from 5 ms to
+//! at most 250 ms, so a VM that comes up is noticed within a quarter
+//! second.
+
+use crate::upstream::{DialError, Upstream};
+use peerpod_protocols::health::{health_check_response::ServingStatus, CheckRequest};
+use peerpod_protocols::health_ttrpc::HealthClient;
+use std::time::{Duration, Instant};
+use ttrpc::r#async::transport::Socket;
+
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+pub const MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// One Health call may take this long before the attempt counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The outcome of one Health check attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    #[error("kata-agent did not answer the Health check through the forwarder: {0}")]
+    Agent(String),
+    #[error("kata-agent answered the Health check with status {0:?}")]
+    NotServing(ServingStatus),
+}
+
+/// One Health check over a fresh connection.
+pub async fn check_once(up: &Upstream) -> Result<(), CheckError> {
+    let stream = up.connect().await?;
+    let client = HealthClient::new(ttrpc::r#async::Client::new(Socket::new(stream)));
+    let ctx = ttrpc::context::with_timeout(CHECK_TIMEOUT.as_nanos() as i64);
+    let req = CheckRequest::new();
+    let call = client.check(ctx, &req);
+    let resp = match tokio::time::timeout(CHECK_TIMEOUT, call).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(CheckError::Agent(e.to_string())),
+        Err(_) => return Err(CheckError::Agent(format!("no answer within {CHECK_TIMEOUT:?}"))),
+    };
+    match resp.status.enum_value() {
+        Ok(ServingStatus::SERVING) => Ok(()),
+        Ok(other) => Err(CheckError::NotServing(other)),
+        Err(_) => Err(CheckError::NotServing(ServingStatus::UNKNOWN)),
+    }
+}
+
+/// Why readiness was not reached.
+#[derive(Debug, thiserror::Error)]
+#[error("not ready after {attempts} attempts in {waited:?}; last error: {last}")]
+pub struct NotReady {
+    pub attempts: u32,
+    pub waited: Duration,
+    pub last: CheckError,
+}
+
+/// Retries [`check_once`] until it succeeds or `deadline` passes; returns
+/// how long it took.
+pub async fn wait_ready(up: &Upstream, deadline: Instant) -> Result<Duration, NotReady> {
+    let start = Instant::now();
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let attempt = tokio::time::timeout(remaining.max(Duration::from_millis(1)), check_once(up)).await;
+        let err = match attempt {
+            Ok(Ok(())) => return Ok(start.elapsed()),
+            Ok(Err(e)) => e,
+            Err(_) => CheckError::Agent("deadline reached during the attempt".into()),
+        };
+        tracing::trace!(attempt = attempts, error = %err, "not ready yet");
+        if Instant::now() + backoff >= deadline {
+            return Err(NotReady {
+                attempts,
+                waited: start.elapsed(),
+                last: err,
+            });
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

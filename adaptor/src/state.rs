@@ -1,0 +1,230 @@
+//! The sandbox records the adaptor persists, one JSON file per sandbox in
+//! `<state dir>/sandboxes/`, written crash-safe (temp file, fsync, rename,
+//! fsync of the directory) *before* the side effect a change announces, so a
+//! restarted adaptor knows every VM it may have created.
+
+use crate::annotations::PodSpec;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// CreateVM answered; no instance asked for yet.
+    Created,
+    /// An instance may exist (asked for, booting, or not yet ready).
+    Provisioning,
+    /// The agent answered a Health check; the relay serves.
+    Running,
+    /// StartVM failed; whatever instance was made has been deleted.
+    Failed,
+    /// StopVM received; teardown runs (and is resumed after a restart).
+    Stopping,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Created => "created",
+            Phase::Provisioning => "provisioning",
+            Phase::Running => "running",
+            Phase::Failed => "failed",
+            Phase::Stopping => "stopping",
+        }
+    }
+}
+
+/// Everything known about one sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub spec: PodSpec,
+    pub netns_path: Option<String>,
+    /// The deterministic instance name (also the TLS server name).
+    pub instance_name: String,
+    pub phase: Phase,
+    pub instance_id: Option<String>,
+    pub instance_ip: Option<IpAddr>,
+    /// The last error, for `list` and the logs.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+}
+
+/// Why the store could not read or write.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("sandbox record {path} is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` so that after a crash the file holds either the
+/// old or the new content, never a mix; `mode` applies from creation.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
+    ));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The on-disk sandbox store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating) `<state_dir>/sandboxes`.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = state_dir.join("sandboxes");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(&dir))?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Persists a record (crash-safe).
+    pub fn save(&self, r: &SandboxRecord) -> Result<(), StoreError> {
+        let path = self.path(&r.id);
+        let bytes = serde_json::to_vec_pretty(r).map_err(|source| StoreError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomic(&path, &bytes, 0o600).map_err(io(&path))
+    }
+
+    /// Forgets a sandbox (its teardown is complete).
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        let path = self.path(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => std::fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Every record; a corrupt file is reported and skipped (kept on disk
+    /// for the operator), never fatal for the others.
+    pub fn load_all(&self) -> Result<(Vec<SandboxRecord>, Vec<StoreError>), StoreError> {
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let path = entry.map_err(io(&self.dir))?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match std::fs::read(&path) {
+                Ok(bytes) => match serde_json::from_slice::<SandboxRecord>(&bytes) {
+                    Ok(r) => ok.push(r),
+                    Err(source) => bad.push(StoreError::Corrupt { path, source }),
+                },
+                Err(e) => bad.push(io(&path)(e)),
+            }
+        }
+        ok.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok((ok, bad))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> SandboxRecord {
+        SandboxRecord {
+            id: id.into(),
+            spec: PodSpec {
+                pod_name: "p".into(),
+                pod_namespace: "ns".into(),
+                ..Default::default()
+            },
+            netns_path: None,
+            instance_name: "podvm-p-abc".into(),
+            phase: Phase::Created,
+            instance_id: None,
+            instance_ip: None,
+            last_error: None,
+            created_at: 1,
+        }
+    }
+
+    #[test]
+    fn save_load_remove_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut r = record("a");
+        s.save(&r).unwrap();
+        r.phase = Phase::Running;
+        r.instance_ip = Some("10.0.0.2".parse().unwrap());
+        s.save(&r).unwrap();
+        s.save(&record("b")).unwrap();
+        let (all, bad) = s.load_all().unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(all.len(), 2);
+        assert_eq!(all.iter().find(|x| x.id == "a").unwrap(), &r);
+        s.remove("a").unwrap();
+        s.remove("a").unwrap();
+        assert_eq!(s.load_all().unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_record_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.save(&record("good")).unwrap();
+        std::fs::write(dir.path().join("sandboxes/bad.json"), b"{ not json").unwrap();
+        let (all, bad) = s.load_all().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].to_string().contains("bad.json"), "{}", bad[0]);
+    }
+
+    #[test]
+    fn records_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.save(&record("a")).unwrap();
+        let mode = std::fs::metadata(dir.path().join("sandboxes/a.json")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

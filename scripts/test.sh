@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: set-up, formatting and lint gates, every unit and
+# end-to-end test (tests needing root create and remove their own network
+# namespaces, links and processes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+scripts/setup.sh
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+log "cargo test"
+# Tests share loopback ports and the host's netns list; two threads keep a
+# 2-core machine responsive.
+cargo test --workspace -- --test-threads="${TEST_THREADS:-4}"
+log "all tests passed"

@@ -1,0 +1,50 @@
+//! `kata-agent-double`: the test kata-agent. Listens on `--socket` (or the
+//! address in `KATA_AGENT_SERVER_ADDR`, `unix://<path>`, as the real agent
+//! reads it) and optionally records requests to `--record`.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use peerpod_tests::agent_double::{AgentDouble, Recorder, SERVER_ADDR_ENV};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(version, about = "kata-agent test double (a fixture, not the real agent)")]
+struct Args {
+    /// Unix socket to listen on; defaults to the path in KATA_AGENT_SERVER_ADDR.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Append one JSON line per received request to this file.
+    #[arg(long, env = "AGENT_DOUBLE_RECORD")]
+    record: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    let socket = match args.socket {
+        Some(s) => s,
+        None => match std::env::var(SERVER_ADDR_ENV) {
+            Ok(addr) => match addr.strip_prefix("unix://") {
+                Some(p) => PathBuf::from(p),
+                None => bail!("{SERVER_ADDR_ENV}={addr}: only unix://<path> is supported by the double"),
+            },
+            Err(_) => bail!("give --socket or set {SERVER_ADDR_ENV}=unix://<path>"),
+        },
+    };
+    let recorder = match &args.record {
+        Some(p) => Recorder::to_file(p).with_context(|| format!("open record file {}", p.display()))?,
+        None => Recorder::default(),
+    };
+    let double = AgentDouble::start(&socket, recorder)
+        .await
+        .with_context(|| format!("listen on {}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "kata-agent double listening");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    double.stop().await;
+    Ok(())
+}

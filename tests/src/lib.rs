@@ -1,0 +1,8 @@
+//! Test fixtures shared by the end-to-end tests and the benchmark: the
+//! kata-agent double, a provider that runs real forwarder processes on
+//! loopback addresses, and helpers to find the workspace binaries.
+
+pub mod agent_double;
+pub mod bins;
+pub mod harness;
+pub mod process_provider;

@@ -1,0 +1,135 @@
+//! The agent relay, end to end through a running sandbox: shim-side unix
+//! socket → adaptor relay → mutual TLS → forwarder process → agent double.
+
+use peerpod_protocols::agent::GuestDetailsRequest;
+use peerpod_protocols::protobuf::Message;
+use peerpod_tests::agent_double::read_records;
+use peerpod_tests::harness::{raw_call, read_response, request_frame, TestDaemon};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_reach_the_agent_byte_identical_including_unknown_methods() {
+    let d = TestDaemon::start(true).await;
+    let (sock, instance) = d.running_sandbox("relay1").await;
+
+    let r = raw_call(&sock, "grpc.Health", "Check", &[]).await.unwrap();
+    assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
+
+    let mut gd = GuestDetailsRequest::new();
+    gd.mem_block_size = true;
+    let gd_bytes = gd.write_to_bytes().unwrap();
+    let r = raw_call(&sock, "grpc.AgentService", "GetGuestDetails", &gd_bytes).await.unwrap();
+    assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
+    let reply = peerpod_protocols::agent::GuestDetailsResponse::parse_from_bytes(&r.payload).unwrap();
+    assert_eq!(reply.mem_block_size_bytes, 128 << 20);
+
+    // A method and a field layout no part of the relay knows about.
+    let future: Vec<u8> = vec![0x0a, 0x03, b'a', b'b', b'c', 0xf8, 0x7f, 0x01, 0x42, 0x00, 0xff];
+    let r = raw_call(&sock, "grpc.AgentService", "SomeFutureCall", &future).await.unwrap();
+    assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
+    assert_eq!(r.payload, future, "echo comes back unchanged");
+
+    let seen = read_records(&d.provider.record_file(&instance));
+    let find = |m: &str| seen.iter().rev().find(|r| r.method == m).map(|r| r.payload());
+    assert_eq!(find("GetGuestDetails").unwrap(), gd_bytes);
+    assert_eq!(find("SomeFutureCall").unwrap(), future);
+    d.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_calls_on_many_connections() {
+    let d = TestDaemon::start(true).await;
+    let (sock, _) = d.running_sandbox("conc1").await;
+    // 8 connections, 8 calls in flight on each, all written before any
+    // answer is read: the relay must multiplex, not serialise.
+    let mut conns = Vec::new();
+    for c in 0..8u32 {
+        let sock = sock.clone();
+        conns.push(tokio::spawn(async move {
+            let s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+            let (mut rd, mut wr) = tokio::io::split(s);
+            for i in 0..8u32 {
+                let stream = 2 * i + 1;
+                let body = format!("conn{c}-call{i}").into_bytes();
+                wr.write_all(&request_frame(stream, "grpc.AgentService", "Echo", &body)).await.unwrap();
+            }
+            let mut got = std::collections::HashMap::new();
+            for _ in 0..8 {
+                let r = read_response(&mut rd).await.unwrap();
+                assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
+                got.insert(r.stream_id, r.payload);
+            }
+            for i in 0..8u32 {
+                assert_eq!(got[&(2 * i + 1)], format!("conn{c}-call{i}").into_bytes());
+            }
+        }));
+    }
+    for c in conns {
+        tokio::time::timeout(Duration::from_secs(30), c).await.unwrap().unwrap();
+    }
+    d.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payload_and_oversized_frame() {
+    let d = TestDaemon::start(true).await;
+    let (sock, _) = d.running_sandbox("big1").await;
+    // 3 MiB goes through both ways.
+    let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let r = raw_call(&sock, "grpc.AgentService", "Echo", &big).await.unwrap();
+    assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
+    assert!(r.payload == big, "3 MiB echo differs");
+
+    // A long poll holds another connection meanwhile; it must stay open.
+    let mut waiting = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    waiting
+        .write_all(&request_frame(1, "grpc.AgentService", "WaitProcess", &[]))
+        .await
+        .unwrap();
+
+    // Over the 4 MiB limit: an error response, not a dropped daemon.
+    let huge = vec![7u8; 5 * 1024 * 1024];
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    s.write_all(&request_frame(9, "grpc.AgentService", "Echo", &huge)).await.unwrap();
+    let r = read_response(&mut s).await.unwrap();
+    assert_eq!(r.stream_id, 9);
+    assert_eq!(r.code, ttrpc::Code::RESOURCE_EXHAUSTED, "{}", r.message);
+    // The same connection and others keep working.
+    s.write_all(&request_frame(11, "grpc.Health", "Check", &[])).await.unwrap();
+    assert_eq!(read_response(&mut s).await.unwrap().code, ttrpc::Code::OK);
+    let r = raw_call(&sock, "grpc.Health", "Check", &[]).await.unwrap();
+    assert_eq!(r.code, ttrpc::Code::OK);
+    // The long poll is still pending (no answer, no close).
+    let pending = tokio::time::timeout(Duration::from_millis(300), read_response(&mut waiting)).await;
+    assert!(pending.is_err(), "long poll must stay pending: {pending:?}");
+    d.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarder_going_away_mid_call_is_an_error_not_a_hang() {
+    let d = TestDaemon::start(true).await;
+    let (sock, instance) = d.running_sandbox("gone1").await;
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    s.write_all(&request_frame(1, "grpc.AgentService", "WaitProcess", &[])).await.unwrap();
+    // Make sure the call is in flight at the agent before killing.
+    let rec = d.provider.record_file(&instance);
+    for _ in 0..200 {
+        if read_records(&rec).iter().any(|r| r.method == "WaitProcess") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(d.provider.kill_forwarder(&instance).await);
+    let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut s))
+        .await
+        .expect("the caller gets an answer, not a hang");
+    match r {
+        Ok(resp) => {
+            assert_eq!(resp.stream_id, 1);
+            assert_eq!(resp.code, ttrpc::Code::UNAVAILABLE, "{}", resp.message);
+        }
+        Err(e) => panic!("expected an error response, got a bare {e}"),
+    }
+    d.stop_all().await;
+}
