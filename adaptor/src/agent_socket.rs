@@ -27,7 +27,10 @@ pub enum Target {
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0} is served by another live process; refusing to take it over")]
     InUse(PathBuf),
 }
@@ -89,7 +92,11 @@ impl Drop for AgentSocket {
     }
 }
 
-async fn accept_loop(listener: UnixListener, mut target: watch::Receiver<Target>, opts: RelayOptions) {
+async fn accept_loop(
+    listener: UnixListener,
+    mut target: watch::Receiver<Target>,
+    opts: RelayOptions,
+) {
     let rewriter: Arc<dyn RequestRewriter> = Arc::new(CreateContainerRewriter::default());
     let mut conns = JoinSet::new();
     loop {

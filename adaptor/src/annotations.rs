@@ -25,7 +25,10 @@ const MAX_MEMORY_MIB: u64 = 16 << 20; // 16 TiB
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AnnotationError {
     #[error("annotation {key} is missing or empty; the pod's {what} is required")]
-    Missing { key: &'static str, what: &'static str },
+    Missing {
+        key: &'static str,
+        what: &'static str,
+    },
     #[error("annotation {key}={value:?} is invalid: {why}")]
     Invalid {
         key: &'static str,
@@ -174,7 +177,11 @@ mod tests {
         for (v, want) in [("0.5", 1), ("1", 1), ("1.2", 2), ("2.0", 2), ("4", 4)] {
             let mut a = shim_annotations();
             a.insert(DEFAULT_VCPUS.into(), v.into());
-            assert_eq!(PodSpec::from_annotations(&a).unwrap().vcpus, Some(want), "{v}");
+            assert_eq!(
+                PodSpec::from_annotations(&a).unwrap().vcpus,
+                Some(want),
+                "{v}"
+            );
         }
     }
 
@@ -196,7 +203,10 @@ mod tests {
             let mut a = shim_annotations();
             a.insert(key.into(), v.into());
             let e = PodSpec::from_annotations(&a).unwrap_err().to_string();
-            assert!(e.contains(key) && e.contains(v) && e.contains(why), "{key}={v}: {e}");
+            assert!(
+                e.contains(key) && e.contains(v) && e.contains(why),
+                "{key}={v}: {e}"
+            );
         }
     }
 

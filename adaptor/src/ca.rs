@@ -7,8 +7,8 @@
 use crate::state::write_atomic;
 use peerpod_vmconfig::TlsMaterial;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +20,10 @@ const CLIENT_CN: &str = "peerpod cloud-api-adaptor";
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
     #[error("node CA files in {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("node CA key {path} is unusable: {source}")]
     BadKey { path: PathBuf, source: rcgen::Error },
     #[error("certificate generation failed: {0}")]
@@ -145,7 +148,10 @@ mod tests {
         let a = NodeCa::load_or_create(dir.path()).unwrap();
         let b = NodeCa::load_or_create(dir.path()).unwrap();
         assert_eq!(a.cert_pem(), b.cert_pem());
-        let mode = std::fs::metadata(dir.path().join("ca/ca.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("ca/ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         // A certificate issued after the reload chains to the same CA: the
         // forwarder's server config accepts the material.
@@ -160,7 +166,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         NodeCa::load_or_create(dir.path()).unwrap();
         std::fs::write(dir.path().join("ca/ca.key"), "garbage").unwrap();
-        let e = NodeCa::load_or_create(dir.path()).err().unwrap().to_string();
+        let e = NodeCa::load_or_create(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("ca.key"), "{e}");
     }
 }

@@ -4,7 +4,9 @@
 
 use peerpod_protocols::health::{health_check_response::ServingStatus, CheckRequest};
 use peerpod_protocols::health_ttrpc::HealthClient;
-use peerpod_protocols::hypervisor::{CreateVMRequest, StartVMRequest, StopVMRequest, VersionRequest};
+use peerpod_protocols::hypervisor::{
+    CreateVMRequest, StartVMRequest, StopVMRequest, VersionRequest,
+};
 use peerpod_protocols::hypervisor_ttrpc::HypervisorClient;
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,7 +16,10 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {path}: {source} (is cloud-api-adaptor running?)")]
-    Connect { path: String, source: std::io::Error },
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{call}: {message}")]
     Call { call: &'static str, message: String },
 }
@@ -106,7 +111,10 @@ impl Hypervisor {
 }
 
 /// A Health check through a sandbox's agent socket.
-pub async fn agent_health(agent_socket: &Path, timeout: Duration) -> Result<ServingStatus, ClientError> {
+pub async fn agent_health(
+    agent_socket: &Path,
+    timeout: Duration,
+) -> Result<ServingStatus, ClientError> {
     let client = HealthClient::new(connect(agent_socket).await?);
     let r = client
         .check(ctx(timeout), &CheckRequest::new())

@@ -18,7 +18,10 @@ use ttrpc::r#async::Server;
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("state directory {path}: {source}")]
-    StateDir { path: String, source: std::io::Error },
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("another cloud-api-adaptor already uses the state directory {0} (its lock is held)")]
     Locked(String),
     #[error("hypervisor socket: {0}")]
@@ -39,7 +42,10 @@ pub struct Daemon {
 
 impl Daemon {
     /// Locks the state dir, binds the socket, recovers, starts serving.
-    pub async fn start(cfg: AdaptorConfig, provider: Arc<dyn Provider>) -> Result<Self, DaemonError> {
+    pub async fn start(
+        cfg: AdaptorConfig,
+        provider: Arc<dyn Provider>,
+    ) -> Result<Self, DaemonError> {
         let state = cfg.state_dir.display().to_string();
         std::fs::create_dir_all(&cfg.state_dir).map_err(|source| DaemonError::StateDir {
             path: state.clone(),
@@ -55,7 +61,8 @@ impl Daemon {
                 path: lock_path.display().to_string(),
                 source,
             })?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| DaemonError::Locked(state))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| DaemonError::Locked(state))?;
         let listener = bind_exclusive(&cfg.socket)?;
         let socket = cfg.socket.clone();
         let manager = Manager::new(cfg, provider)?;

@@ -61,13 +61,21 @@ impl ManagerError {
     pub fn code(&self) -> ttrpc::Code {
         use peerpod_provider_api::ErrorKind as K;
         match self {
-            ManagerError::InvalidId { .. } | ManagerError::Annotation { .. } => ttrpc::Code::INVALID_ARGUMENT,
+            ManagerError::InvalidId { .. } | ManagerError::Annotation { .. } => {
+                ttrpc::Code::INVALID_ARGUMENT
+            }
             ManagerError::Duplicate { .. } => ttrpc::Code::ALREADY_EXISTS,
             ManagerError::Unknown(_) => ttrpc::Code::NOT_FOUND,
             ManagerError::WrongPhase { .. } => ttrpc::Code::FAILED_PRECONDITION,
             ManagerError::Cancelled { .. } => ttrpc::Code::CANCELLED,
-            ManagerError::Start { provider_error, phase, .. } => match provider_error.as_ref().map(|e| e.kind) {
-                Some(K::Throttled | K::QuotaExceeded | K::InsufficientCapacity) => ttrpc::Code::RESOURCE_EXHAUSTED,
+            ManagerError::Start {
+                provider_error,
+                phase,
+                ..
+            } => match provider_error.as_ref().map(|e| e.kind) {
+                Some(K::Throttled | K::QuotaExceeded | K::InsufficientCapacity) => {
+                    ttrpc::Code::RESOURCE_EXHAUSTED
+                }
                 Some(K::InvalidConfig | K::InvalidRequest) => ttrpc::Code::INVALID_ARGUMENT,
                 Some(K::PermissionDenied) => ttrpc::Code::PERMISSION_DENIED,
                 Some(K::NotFound) => ttrpc::Code::NOT_FOUND,
@@ -76,7 +84,9 @@ impl ManagerError {
                 None if *phase == PHASE_READY => ttrpc::Code::DEADLINE_EXCEEDED,
                 None => ttrpc::Code::INTERNAL,
             },
-            ManagerError::Store(_) | ManagerError::Socket(_) | ManagerError::Ca(_) => ttrpc::Code::INTERNAL,
+            ManagerError::Store(_) | ManagerError::Socket(_) | ManagerError::Ca(_) => {
+                ttrpc::Code::INTERNAL
+            }
         }
     }
 }
@@ -280,10 +290,11 @@ impl Manager {
         netns_path: &str,
     ) -> Result<std::path::PathBuf, ManagerError> {
         check_sandbox_id(id)?;
-        let spec = PodSpec::from_annotations(annotations).map_err(|source| ManagerError::Annotation {
-            id: id.to_string(),
-            source,
-        })?;
+        let spec =
+            PodSpec::from_annotations(annotations).map_err(|source| ManagerError::Annotation {
+                id: id.to_string(),
+                source,
+            })?;
         let record = SandboxRecord {
             id: id.to_string(),
             instance_name: instance_name(&spec.pod_name, id, self.cfg.instance_name_max),
@@ -296,9 +307,16 @@ impl Manager {
             created_at: now_secs(),
         };
         let sb = {
-            let mut map = self.sandboxes.lock().map_err(|_| ManagerError::Unknown(id.into()))?;
+            let mut map = self
+                .sandboxes
+                .lock()
+                .map_err(|_| ManagerError::Unknown(id.into()))?;
             if let Some(existing) = map.get(id) {
-                let phase = existing.record.try_lock().map(|r| r.phase.as_str()).unwrap_or("busy");
+                let phase = existing
+                    .record
+                    .try_lock()
+                    .map(|r| r.phase.as_str())
+                    .unwrap_or("busy");
                 return Err(ManagerError::Duplicate {
                     id: id.to_string(),
                     phase,
@@ -338,12 +356,20 @@ impl Manager {
     /// StartVM: creates the instance and returns once the agent answered a
     /// Health check through the forwarder. The work runs in its own task,
     /// so a caller that goes away cannot leave a half-made VM behind.
-    pub async fn start_vm(self: &Arc<Self>, id: &str, caller_timeout: Option<Duration>) -> Result<(), ManagerError> {
+    pub async fn start_vm(
+        self: &Arc<Self>,
+        id: &str,
+        caller_timeout: Option<Duration>,
+    ) -> Result<(), ManagerError> {
         check_sandbox_id(id)?;
-        let sb = self.get(id).ok_or_else(|| ManagerError::Unknown(id.to_string()))?;
+        let sb = self
+            .get(id)
+            .ok_or_else(|| ManagerError::Unknown(id.to_string()))?;
         let budget = match caller_timeout {
             // Leave the caller time to receive our answer.
-            Some(t) => t.saturating_sub(Duration::from_millis(200)).min(self.cfg.start_timeout),
+            Some(t) => t
+                .saturating_sub(Duration::from_millis(200))
+                .min(self.cfg.start_timeout),
             None => self.cfg.start_timeout,
         };
         let deadline = Instant::now() + budget;
@@ -361,7 +387,12 @@ impl Manager {
         }
     }
 
-    async fn run_start(&self, id: &str, sb: Arc<Sandbox>, deadline: Instant) -> Result<(), ManagerError> {
+    async fn run_start(
+        &self,
+        id: &str,
+        sb: Arc<Sandbox>,
+        deadline: Instant,
+    ) -> Result<(), ManagerError> {
         let _op = sb.op.lock().await;
         let mut stop_rx = sb.stop_requested.subscribe();
         if *stop_rx.borrow() {
@@ -550,7 +581,10 @@ impl Manager {
     pub async fn stop_vm(self: &Arc<Self>, id: &str) -> Result<(), ManagerError> {
         check_sandbox_id(id)?;
         let Some(sb) = self.get(id) else {
-            tracing::info!(sandbox = id, "StopVM for a sandbox this adaptor does not know (already stopped?): nothing to do");
+            tracing::info!(
+                sandbox = id,
+                "StopVM for a sandbox this adaptor does not know (already stopped?): nothing to do"
+            );
             return Ok(());
         };
         {
@@ -564,7 +598,10 @@ impl Manager {
         }
         sb.stop_requested.send_replace(true);
         sb.close_socket();
-        tracing::info!(sandbox = id, "StopVM: tearing the sandbox down in the background");
+        tracing::info!(
+            sandbox = id,
+            "StopVM: tearing the sandbox down in the background"
+        );
         self.spawn_teardown(id.to_string(), sb);
         Ok(())
     }
@@ -609,7 +646,10 @@ impl Manager {
         if let Ok(mut m) = self.sandboxes.lock() {
             m.remove(id);
         }
-        tracing::info!(sandbox = id, "sandbox stopped: instance deleted, pod directory removed");
+        tracing::info!(
+            sandbox = id,
+            "sandbox stopped: instance deleted, pod directory removed"
+        );
     }
 
     /// Waits until no teardown is running (for tests and orderly shutdown).
@@ -635,7 +675,8 @@ impl Manager {
             }
             if r.phase == Phase::Provisioning {
                 tracing::warn!(sandbox = %id, "adaptor stopped during StartVM; deleting what it may have created");
-                self.delete_owned_instances(&id, r.instance_id.as_deref()).await;
+                self.delete_owned_instances(&id, r.instance_id.as_deref())
+                    .await;
                 r.phase = Phase::Failed;
                 r.instance_id = None;
                 r.instance_ip = None;
@@ -668,7 +709,9 @@ impl Manager {
                     }
                     tracing::info!(sandbox = %id, phase = phase.as_str(), "sandbox recovered");
                 }
-                Err(e) => tracing::error!(sandbox = %id, error = %e, "cannot serve the recovered sandbox's agent socket"),
+                Err(e) => {
+                    tracing::error!(sandbox = %id, error = %e, "cannot serve the recovered sandbox's agent socket")
+                }
             }
         }
         Ok(n)

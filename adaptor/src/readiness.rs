@@ -35,7 +35,11 @@ pub async fn check_once(up: &Upstream) -> Result<(), CheckError> {
     let resp = match tokio::time::timeout(CHECK_TIMEOUT, call).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(CheckError::Agent(e.to_string())),
-        Err(_) => return Err(CheckError::Agent(format!("no answer within {CHECK_TIMEOUT:?}"))),
+        Err(_) => {
+            return Err(CheckError::Agent(format!(
+                "no answer within {CHECK_TIMEOUT:?}"
+            )))
+        }
     };
     match resp.status.enum_value() {
         Ok(ServingStatus::SERVING) => Ok(()),
@@ -62,7 +66,8 @@ pub async fn wait_ready(up: &Upstream, deadline: Instant) -> Result<Duration, No
     loop {
         attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let attempt = tokio::time::timeout(remaining.max(Duration::from_millis(1)), check_once(up)).await;
+        let attempt =
+            tokio::time::timeout(remaining.max(Duration::from_millis(1)), check_once(up)).await;
         let err = match attempt {
             Ok(Ok(())) => return Ok(start.elapsed()),
             Ok(Err(e)) => e,

@@ -4,8 +4,8 @@
 
 use crate::manager::{Manager, ManagerError};
 use peerpod_protocols::hypervisor::{
-    CreateVMRequest, CreateVMResponse, StartVMRequest, StartVMResponse, StopVMRequest, StopVMResponse,
-    VersionRequest, VersionResponse,
+    CreateVMRequest, CreateVMResponse, StartVMRequest, StartVMResponse, StopVMRequest,
+    StopVMResponse, VersionRequest, VersionResponse,
 };
 use peerpod_protocols::hypervisor_ttrpc::Hypervisor;
 use std::sync::Arc;
@@ -31,14 +31,22 @@ fn status(e: ManagerError) -> ttrpc::Error {
 
 #[async_trait::async_trait]
 impl Hypervisor for HypervisorService {
-    async fn version(&self, _ctx: &TtrpcContext, req: VersionRequest) -> ttrpc::Result<VersionResponse> {
+    async fn version(
+        &self,
+        _ctx: &TtrpcContext,
+        req: VersionRequest,
+    ) -> ttrpc::Result<VersionResponse> {
         tracing::debug!(shim_version = %req.version, "Version");
         let mut r = VersionResponse::new();
         r.version = API_VERSION.to_string();
         Ok(r)
     }
 
-    async fn create_vm(&self, _ctx: &TtrpcContext, req: CreateVMRequest) -> ttrpc::Result<CreateVMResponse> {
+    async fn create_vm(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateVMRequest,
+    ) -> ttrpc::Result<CreateVMResponse> {
         let path = self
             .manager
             .create_vm(&req.id, &req.annotations, &req.networkNamespacePath)
@@ -52,7 +60,11 @@ impl Hypervisor for HypervisorService {
         Ok(r)
     }
 
-    async fn start_vm(&self, ctx: &TtrpcContext, req: StartVMRequest) -> ttrpc::Result<StartVMResponse> {
+    async fn start_vm(
+        &self,
+        ctx: &TtrpcContext,
+        req: StartVMRequest,
+    ) -> ttrpc::Result<StartVMResponse> {
         let timeout = (ctx.timeout_nano > 0).then(|| Duration::from_nanos(ctx.timeout_nano as u64));
         self.manager.start_vm(&req.id, timeout).await.map_err(|e| {
             tracing::warn!(error = %e, "StartVM failed");
@@ -61,7 +73,11 @@ impl Hypervisor for HypervisorService {
         Ok(StartVMResponse::new())
     }
 
-    async fn stop_vm(&self, _ctx: &TtrpcContext, req: StopVMRequest) -> ttrpc::Result<StopVMResponse> {
+    async fn stop_vm(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StopVMRequest,
+    ) -> ttrpc::Result<StopVMResponse> {
         self.manager.stop_vm(&req.id).await.map_err(|e| {
             tracing::warn!(error = %e, "StopVM failed");
             status(e)

@@ -59,7 +59,10 @@ pub struct SandboxRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state directory {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("sandbox record {path} is corrupt: {source}")]
     Corrupt {
         path: PathBuf,
@@ -224,7 +227,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         s.save(&record("a")).unwrap();
-        let mode = std::fs::metadata(dir.path().join("sandboxes/a.json")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("sandboxes/a.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

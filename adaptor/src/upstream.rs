@@ -19,11 +19,17 @@ impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> UpstreamStream f
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     #[error("forwarder at {addr} not reachable: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("forwarder at {addr} did not accept a TCP connection within {after:?}")]
     ConnectTimeout { addr: SocketAddr, after: Duration },
     #[error("TLS handshake with the forwarder at {addr} failed: {source}")]
-    Tls { addr: SocketAddr, source: std::io::Error },
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("instance name {0:?} is not a valid TLS server name")]
     ServerName(String),
 }
@@ -77,7 +83,10 @@ impl Upstream {
                     Ok(Err(source)) => Err(DialError::Tls { addr, source }),
                     Err(_) => Err(DialError::Tls {
                         addr,
-                        source: std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "handshake timed out",
+                        ),
                     }),
                 }
             }

@@ -75,12 +75,13 @@ impl Forwarder {
                 None
             }
         };
-        let listener = TcpListener::bind(&cfg.listen)
-            .await
-            .map_err(|source| ForwarderError::Listen {
-                addr: cfg.listen.clone(),
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(&cfg.listen)
+                .await
+                .map_err(|source| ForwarderError::Listen {
+                    addr: cfg.listen.clone(),
+                    source,
+                })?;
         let mut opts = RelayOptions::new(cfg.sandbox_id.clone());
         opts.max_payload = cfg.max_frame_bytes;
         Ok(Self {
@@ -121,7 +122,8 @@ impl Forwarder {
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr) {
         match &self.acceptor {
             Some(acceptor) => {
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::warn!(%peer, error = %e, "refused a connection: TLS handshake failed");
@@ -151,7 +153,8 @@ impl Forwarder {
             }
         };
         tracing::debug!(%peer, "relaying a connection to the kata-agent");
-        let outcome = relay_connection(stream, agent, self.opts.clone(), self.rewriter.clone()).await;
+        let outcome =
+            relay_connection(stream, agent, self.opts.clone(), self.rewriter.clone()).await;
         tracing::debug!(%peer, ?outcome, "connection ended");
     }
 }

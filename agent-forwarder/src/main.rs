@@ -5,10 +5,17 @@ use clap::Parser;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Relays the adaptor's ttrpc connections to the kata-agent inside the pod VM")]
+#[command(
+    version,
+    about = "Relays the adaptor's ttrpc connections to the kata-agent inside the pod VM"
+)]
 struct Args {
     /// The forwarder config document written by the user-data step.
-    #[arg(long, env = "FORWARDER_CONFIG", default_value = "/run/peerpod/daemon.json")]
+    #[arg(
+        long,
+        env = "FORWARDER_CONFIG",
+        default_value = "/run/peerpod/daemon.json"
+    )]
     config: PathBuf,
     /// Overrides the config's kata-agent socket path.
     #[arg(long, env = "FORWARDER_AGENT_SOCKET")]

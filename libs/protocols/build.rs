@@ -32,7 +32,13 @@ fn main() {
         let path = entry.expect("OUT_DIR entry").path();
         if path.extension().is_some_and(|e| e == "rs") {
             let text = std::fs::read_to_string(&path).expect("generated file is UTF-8");
-            let kept: Vec<&str> = text.lines().filter(|l| { let t = l.trim_start(); !t.starts_with("#![") && !t.starts_with("//!") }).collect();
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    let t = l.trim_start();
+                    !t.starts_with("#![") && !t.starts_with("//!")
+                })
+                .collect();
             std::fs::write(&path, kept.join("\n")).expect("rewrite generated file");
         }
     }

@@ -5,7 +5,9 @@
 
 use base64::Engine;
 use peerpod_protocols::agent::GuestDetailsResponse;
-use peerpod_protocols::health::{health_check_response::ServingStatus, HealthCheckResponse, VersionCheckResponse};
+use peerpod_protocols::health::{
+    health_check_response::ServingStatus, HealthCheckResponse, VersionCheckResponse,
+};
 use peerpod_protocols::protobuf::Message;
 use peerpod_protocols::services::{AGENT, HEALTH};
 use serde::{Deserialize, Serialize};
@@ -51,7 +53,10 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn to_file(path: &Path) -> std::io::Result<Self> {
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         Ok(Self {
             file: Some(Mutex::new(f)),
             seen: Mutex::default(),
@@ -123,8 +128,13 @@ fn encoded<M: Message>(m: &M) -> ttrpc::Result<Vec<u8>> {
 
 #[async_trait::async_trait]
 impl MethodHandler for Handler {
-    async fn handler(&self, _ctx: TtrpcContext, req: ttrpc::Request) -> ttrpc::Result<ttrpc::Response> {
-        self.recorder.record(self.service, self.method, &req.payload);
+    async fn handler(
+        &self,
+        _ctx: TtrpcContext,
+        req: ttrpc::Request,
+    ) -> ttrpc::Result<ttrpc::Response> {
+        self.recorder
+            .record(self.service, self.method, &req.payload);
         let payload = match self.behaviour {
             Behaviour::Health => {
                 let mut r = HealthCheckResponse::new();

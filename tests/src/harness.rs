@@ -45,7 +45,9 @@ impl TestDaemon {
         cfg.tls = tls;
         cfg.forwarder_port = port;
         cfg.start_timeout = Duration::from_secs(30);
-        let daemon = Daemon::start(cfg.clone(), provider.clone()).await.expect("daemon starts");
+        let daemon = Daemon::start(cfg.clone(), provider.clone())
+            .await
+            .expect("daemon starts");
         Self {
             dir,
             cfg,
@@ -55,7 +57,9 @@ impl TestDaemon {
     }
 
     pub async fn hypervisor(&self) -> Hypervisor {
-        Hypervisor::connect(&self.cfg.socket).await.expect("connect hypervisor socket")
+        Hypervisor::connect(&self.cfg.socket)
+            .await
+            .expect("connect hypervisor socket")
     }
 
     /// CreateVM + StartVM for a pod; returns the agent socket and the
@@ -66,7 +70,9 @@ impl TestDaemon {
             .create_vm(id, shim_annotations(&format!("pod-{id}"), "default"), "")
             .await
             .expect("CreateVM");
-        h.start_vm(id, Duration::from_secs(30)).await.expect("StartVM");
+        h.start_vm(id, Duration::from_secs(30))
+            .await
+            .expect("StartVM");
         let live = self.provider.live();
         let mine = self
             .provider_instance_of(id)
@@ -125,10 +131,12 @@ pub struct RawResponse {
 }
 
 /// Reads one response frame.
-pub async fn read_response<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<RawResponse> {
-    let h = read_header(r)
-        .await?
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"))?;
+pub async fn read_response<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<RawResponse> {
+    let h = read_header(r).await?.ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed")
+    })?;
     let mut body = vec![0u8; h.length as usize];
     r.read_exact(&mut body).await?;
     let resp = ttrpc::Response::parse_from_bytes(&body)
@@ -153,6 +161,7 @@ pub async fn raw_call(
     payload: &[u8],
 ) -> std::io::Result<RawResponse> {
     let mut s = tokio::net::UnixStream::connect(socket).await?;
-    s.write_all(&request_frame(1, service, method, payload)).await?;
+    s.write_all(&request_frame(1, service, method, payload))
+        .await?;
     read_response(&mut s).await
 }

@@ -5,7 +5,9 @@
 //! record, killing its forwarder) and inject failures.
 
 use async_trait::async_trait;
-use peerpod_provider_api::{ErrorKind, Instance, InstanceRequest, OwnerTags, Provider, ProviderError};
+use peerpod_provider_api::{
+    ErrorKind, Instance, InstanceRequest, OwnerTags, Provider, ProviderError,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -92,7 +94,10 @@ impl ProcessProvider {
 
     /// Ids of the live instances.
     pub fn live(&self) -> Vec<String> {
-        self.instances.lock().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+        self.instances
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn spawn(cmd: &mut Command, log: &Path) -> std::io::Result<Child> {
@@ -181,9 +186,16 @@ impl Provider for ProcessProvider {
 
     async fn delete_instance(&self, instance_id: &str) -> Result<(), ProviderError> {
         peerpod_provider_api::check_instance_id(instance_id)?;
-        let inst = self.instances.lock().ok().and_then(|mut m| m.remove(instance_id));
+        let inst = self
+            .instances
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(instance_id));
         if let Some(mut i) = inst {
-            for c in [i.forwarder.as_mut(), i.agent.as_mut()].into_iter().flatten() {
+            for c in [i.forwarder.as_mut(), i.agent.as_mut()]
+                .into_iter()
+                .flatten()
+            {
                 let _ = c.kill().await;
             }
             let _ = std::fs::remove_dir_all(&i.dir);

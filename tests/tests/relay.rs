@@ -19,19 +19,31 @@ async fn calls_reach_the_agent_byte_identical_including_unknown_methods() {
     let mut gd = GuestDetailsRequest::new();
     gd.mem_block_size = true;
     let gd_bytes = gd.write_to_bytes().unwrap();
-    let r = raw_call(&sock, "grpc.AgentService", "GetGuestDetails", &gd_bytes).await.unwrap();
+    let r = raw_call(&sock, "grpc.AgentService", "GetGuestDetails", &gd_bytes)
+        .await
+        .unwrap();
     assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
-    let reply = peerpod_protocols::agent::GuestDetailsResponse::parse_from_bytes(&r.payload).unwrap();
+    let reply =
+        peerpod_protocols::agent::GuestDetailsResponse::parse_from_bytes(&r.payload).unwrap();
     assert_eq!(reply.mem_block_size_bytes, 128 << 20);
 
     // A method and a field layout no part of the relay knows about.
-    let future: Vec<u8> = vec![0x0a, 0x03, b'a', b'b', b'c', 0xf8, 0x7f, 0x01, 0x42, 0x00, 0xff];
-    let r = raw_call(&sock, "grpc.AgentService", "SomeFutureCall", &future).await.unwrap();
+    let future: Vec<u8> = vec![
+        0x0a, 0x03, b'a', b'b', b'c', 0xf8, 0x7f, 0x01, 0x42, 0x00, 0xff,
+    ];
+    let r = raw_call(&sock, "grpc.AgentService", "SomeFutureCall", &future)
+        .await
+        .unwrap();
     assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
     assert_eq!(r.payload, future, "echo comes back unchanged");
 
     let seen = read_records(&d.provider.record_file(&instance));
-    let find = |m: &str| seen.iter().rev().find(|r| r.method == m).map(|r| r.payload());
+    let find = |m: &str| {
+        seen.iter()
+            .rev()
+            .find(|r| r.method == m)
+            .map(|r| r.payload())
+    };
     assert_eq!(find("GetGuestDetails").unwrap(), gd_bytes);
     assert_eq!(find("SomeFutureCall").unwrap(), future);
     d.stop_all().await;
@@ -52,7 +64,9 @@ async fn many_concurrent_calls_on_many_connections() {
             for i in 0..8u32 {
                 let stream = 2 * i + 1;
                 let body = format!("conn{c}-call{i}").into_bytes();
-                wr.write_all(&request_frame(stream, "grpc.AgentService", "Echo", &body)).await.unwrap();
+                wr.write_all(&request_frame(stream, "grpc.AgentService", "Echo", &body))
+                    .await
+                    .unwrap();
             }
             let mut got = std::collections::HashMap::new();
             for _ in 0..8 {
@@ -66,7 +80,10 @@ async fn many_concurrent_calls_on_many_connections() {
         }));
     }
     for c in conns {
-        tokio::time::timeout(Duration::from_secs(30), c).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), c)
+            .await
+            .unwrap()
+            .unwrap();
     }
     d.stop_all().await;
 }
@@ -77,7 +94,9 @@ async fn large_payload_and_oversized_frame() {
     let (sock, _) = d.running_sandbox("big1").await;
     // 3 MiB goes through both ways.
     let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let r = raw_call(&sock, "grpc.AgentService", "Echo", &big).await.unwrap();
+    let r = raw_call(&sock, "grpc.AgentService", "Echo", &big)
+        .await
+        .unwrap();
     assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
     assert!(r.payload == big, "3 MiB echo differs");
 
@@ -91,17 +110,22 @@ async fn large_payload_and_oversized_frame() {
     // Over the 4 MiB limit: an error response, not a dropped daemon.
     let huge = vec![7u8; 5 * 1024 * 1024];
     let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
-    s.write_all(&request_frame(9, "grpc.AgentService", "Echo", &huge)).await.unwrap();
+    s.write_all(&request_frame(9, "grpc.AgentService", "Echo", &huge))
+        .await
+        .unwrap();
     let r = read_response(&mut s).await.unwrap();
     assert_eq!(r.stream_id, 9);
     assert_eq!(r.code, ttrpc::Code::RESOURCE_EXHAUSTED, "{}", r.message);
     // The same connection and others keep working.
-    s.write_all(&request_frame(11, "grpc.Health", "Check", &[])).await.unwrap();
+    s.write_all(&request_frame(11, "grpc.Health", "Check", &[]))
+        .await
+        .unwrap();
     assert_eq!(read_response(&mut s).await.unwrap().code, ttrpc::Code::OK);
     let r = raw_call(&sock, "grpc.Health", "Check", &[]).await.unwrap();
     assert_eq!(r.code, ttrpc::Code::OK);
     // The long poll is still pending (no answer, no close).
-    let pending = tokio::time::timeout(Duration::from_millis(300), read_response(&mut waiting)).await;
+    let pending =
+        tokio::time::timeout(Duration::from_millis(300), read_response(&mut waiting)).await;
     assert!(pending.is_err(), "long poll must stay pending: {pending:?}");
     d.stop_all().await;
 }
@@ -111,7 +135,9 @@ async fn forwarder_going_away_mid_call_is_an_error_not_a_hang() {
     let d = TestDaemon::start(true).await;
     let (sock, instance) = d.running_sandbox("gone1").await;
     let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
-    s.write_all(&request_frame(1, "grpc.AgentService", "WaitProcess", &[])).await.unwrap();
+    s.write_all(&request_frame(1, "grpc.AgentService", "WaitProcess", &[]))
+        .await
+        .unwrap();
     // Make sure the call is in flight at the agent before killing.
     let rec = d.provider.record_file(&instance);
     for _ in 0..200 {

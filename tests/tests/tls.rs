@@ -25,7 +25,9 @@ async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let ca = NodeCa::load_or_create(&dir.path().join("state")).unwrap();
     let sock = dir.path().join("agent.sock");
-    let agent = AgentDouble::start(&sock, Recorder::default()).await.unwrap();
+    let agent = AgentDouble::start(&sock, Recorder::default())
+        .await
+        .unwrap();
     let mut cfg = ForwarderConfig::new("tls-test", Some(ca.issue_server(NAME).unwrap()));
     cfg.listen = "127.0.0.1:0".into();
     cfg.agent_socket = sock;
@@ -41,8 +43,13 @@ async fn setup() -> Setup {
 }
 
 /// Connects with `client`, sends a Health check; Ok(true) when answered.
-async fn health_over(addr: std::net::SocketAddr, client: Arc<rustls::ClientConfig>) -> Result<bool, String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+async fn health_over(
+    addr: std::net::SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+) -> Result<bool, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut tls = TlsConnector::from(client)
         .connect(ServerName::try_from(NAME).unwrap(), tcp)
         .await
@@ -60,7 +67,10 @@ async fn health_over(addr: std::net::SocketAddr, client: Arc<rustls::ClientConfi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_ca_client_is_accepted() {
     let s = setup().await;
-    assert_eq!(health_over(s.addr, s.ca.client_config().unwrap()).await, Ok(true));
+    assert_eq!(
+        health_over(s.addr, s.ca.client_config().unwrap()).await,
+        Ok(true)
+    );
     assert_eq!(s.agent.recorder.seen().len(), 1);
     s.agent.stop().await;
 }
@@ -70,8 +80,14 @@ async fn client_without_certificate_is_refused() {
     let s = setup().await;
     let cfg = peerpod_relay::tls::client_config_without_cert(s.ca.cert_pem()).unwrap();
     let r = health_over(s.addr, cfg).await;
-    assert!(r.is_err(), "a client without certificate got through: {r:?}");
-    assert!(s.agent.recorder.seen().is_empty(), "nothing reached the agent");
+    assert!(
+        r.is_err(),
+        "a client without certificate got through: {r:?}"
+    );
+    assert!(
+        s.agent.recorder.seen().is_empty(),
+        "nothing reached the agent"
+    );
     s.agent.stop().await;
 }
 
@@ -83,9 +99,17 @@ async fn client_with_certificate_from_another_ca_is_refused() {
     // Trusts our server (same CA for the server side) but presents a
     // certificate the other CA signed.
     let other_client = other.issue_server("intruder").unwrap();
-    let cfg = peerpod_relay::tls::client_config(s.ca.cert_pem(), &other_client.cert_pem, &other_client.key_pem).unwrap();
+    let cfg = peerpod_relay::tls::client_config(
+        s.ca.cert_pem(),
+        &other_client.cert_pem,
+        &other_client.key_pem,
+    )
+    .unwrap();
     let r = health_over(s.addr, cfg).await;
-    assert!(r.is_err(), "a foreign client certificate got through: {r:?}");
+    assert!(
+        r.is_err(),
+        "a foreign client certificate got through: {r:?}"
+    );
     assert!(s.agent.recorder.seen().is_empty());
     // And a client that does not trust the node CA does not trust the VM.
     let r = health_over(s.addr, other.client_config().unwrap()).await;

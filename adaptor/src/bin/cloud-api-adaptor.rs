@@ -40,7 +40,12 @@ struct Global {
     #[arg(long, env = "FORWARDER_PORT", default_value_t = peerpod_vmconfig::DEFAULT_PORT, global = true)]
     forwarder_port: u16,
     /// Longest StartVM wait in seconds when the shim sends no deadline.
-    #[arg(long, env = "PEERPOD_START_TIMEOUT", default_value_t = 600, global = true)]
+    #[arg(
+        long,
+        env = "PEERPOD_START_TIMEOUT",
+        default_value_t = 600,
+        global = true
+    )]
     start_timeout: u64,
     /// Largest ttrpc frame payload relayed, in bytes.
     #[arg(long, env = "PEERPOD_MAX_FRAME_BYTES", default_value_t = peerpod_relay::frame::DEFAULT_MAX_PAYLOAD, global = true)]
@@ -139,7 +144,9 @@ fn main() -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        tracing::info!("shutting down; sandboxes and their VMs stay and are recovered at the next start");
+        tracing::info!(
+            "shutting down; sandboxes and their VMs stay and are recovered at the next start"
+        );
         daemon.shutdown().await;
         Ok(())
     })

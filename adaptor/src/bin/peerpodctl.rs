@@ -4,13 +4,18 @@
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use cloud_api_adaptor::client::{agent_health, shim_annotations, Hypervisor};
-use cloud_api_adaptor::config::{AdaptorConfig, DEFAULT_PODS_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
+use cloud_api_adaptor::config::{
+    AdaptorConfig, DEFAULT_PODS_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
+};
 use cloud_api_adaptor::state::Store;
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(version, about = "Operate a cloud-api-adaptor: create, check, list and stop peer pod sandboxes")]
+#[command(
+    version,
+    about = "Operate a cloud-api-adaptor: create, check, list and stop peer pod sandboxes"
+)]
 struct Cli {
     /// The daemon's hypervisor socket.
     #[arg(long, env = "PEERPOD_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
@@ -67,7 +72,9 @@ enum Cmd {
 fn random_id() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..64).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+    (0..64)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect()
 }
 
 fn age(created: u64) -> String {
@@ -139,9 +146,13 @@ async fn main() -> anyhow::Result<()> {
             println!("sandbox {sandbox}: grpc.Health/Check = {status:?}");
         }
         Cmd::List => {
-            let store = Store::open(&cli.state_dir).with_context(|| format!("reading {}", cli.state_dir.display()))?;
+            let store = Store::open(&cli.state_dir)
+                .with_context(|| format!("reading {}", cli.state_dir.display()))?;
             let (records, bad) = store.load_all()?;
-            println!("{:<20} {:<24} {:<12} {:<14} {:<16} {:>5}", "SANDBOX", "POD", "PHASE", "INSTANCE", "IP", "AGE");
+            println!(
+                "{:<20} {:<24} {:<12} {:<14} {:<16} {:>5}",
+                "SANDBOX", "POD", "PHASE", "INSTANCE", "IP", "AGE"
+            );
             for r in records {
                 let short: String = r.id.chars().take(20).collect();
                 println!(
@@ -150,7 +161,9 @@ async fn main() -> anyhow::Result<()> {
                     format!("{}/{}", r.spec.pod_namespace, r.spec.pod_name),
                     r.phase.as_str(),
                     r.instance_id.as_deref().unwrap_or("-"),
-                    r.instance_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                    r.instance_ip
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     age(r.created_at)
                 );
             }
@@ -159,7 +172,10 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Stop { sandbox } => {
-            Hypervisor::connect(&cli.socket).await?.stop_vm(&sandbox).await?;
+            Hypervisor::connect(&cli.socket)
+                .await?
+                .stop_vm(&sandbox)
+                .await?;
             println!("sandbox {sandbox}: stop accepted; teardown continues in the daemon");
         }
     }

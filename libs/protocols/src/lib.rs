@@ -7,7 +7,13 @@
 
 macro_rules! generated {
     ($name:ident, $file:literal) => {
-        #[allow(clippy::all, non_camel_case_types, non_snake_case, non_upper_case_globals, unused)]
+        #[allow(
+            clippy::all,
+            non_camel_case_types,
+            non_snake_case,
+            non_upper_case_globals,
+            unused
+        )]
         pub mod $name {
             include!(concat!(env!("OUT_DIR"), "/", $file));
         }

@@ -15,7 +15,9 @@ use crate::status::error_frame;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+};
 use tokio::sync::Mutex;
 use ttrpc::Code;
 
@@ -129,7 +131,11 @@ where
         pending: Arc::new(StdMutex::new(HashSet::new())),
         opts,
     });
-    shared.opts.counters.active_connections.fetch_add(1, Ordering::Relaxed);
+    shared
+        .opts
+        .counters
+        .active_connections
+        .fetch_add(1, Ordering::Relaxed);
 
     let end = tokio::select! {
         e = requests(down_r, up_w, &shared, rewriter.as_ref()) => e,
@@ -151,7 +157,11 @@ where
         }
     };
     let _ = shared.down_writer.lock().await.shutdown().await;
-    shared.opts.counters.active_connections.fetch_sub(1, Ordering::Relaxed);
+    shared
+        .opts
+        .counters
+        .active_connections
+        .fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(label = %shared.opts.label, ?outcome, "relayed connection ended");
     outcome
 }
@@ -159,7 +169,11 @@ where
 async fn fail_pending<D: AsyncWrite>(shared: &Shared<D>, why: &str) -> usize {
     let ids = shared.pending_take();
     for id in &ids {
-        if shared.write_down(&error_frame(*id, Code::UNAVAILABLE, why)).await.is_err() {
+        if shared
+            .write_down(&error_frame(*id, Code::UNAVAILABLE, why))
+            .await
+            .is_err()
+        {
             break;
         }
     }

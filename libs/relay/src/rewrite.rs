@@ -138,17 +138,23 @@ impl RequestRewriter for CreateContainerRewriter {
         };
         match method {
             "CreateContainer" => {
-                let mut req = CreateContainerRequest::parse_from_bytes(payload).map_err(decode_err)?;
+                let mut req =
+                    CreateContainerRequest::parse_from_bytes(payload).map_err(decode_err)?;
                 tracing::debug!(container = %req.container_id, "CreateContainer");
                 let Some(netns) = &self.pod_netns else {
                     return Ok(None);
                 };
-                let linux = req.OCI.mut_or_insert_default().Linux.mut_or_insert_default();
+                let linux = req
+                    .OCI
+                    .mut_or_insert_default()
+                    .Linux
+                    .mut_or_insert_default();
                 set_network_namespace(linux, netns);
                 req.write_to_bytes().map(Some).map_err(encode_err)
             }
             "CreateSandbox" => {
-                let mut req = CreateSandboxRequest::parse_from_bytes(payload).map_err(decode_err)?;
+                let mut req =
+                    CreateSandboxRequest::parse_from_bytes(payload).map_err(decode_err)?;
                 if req.dns.is_empty() {
                     return Ok(None);
                 }
@@ -276,8 +282,13 @@ mod tests {
         req.dns = vec!["nameserver 10.0.0.10".into()];
         req.sandbox_id = "sb".into();
         let bytes = with_unknown_string(req.write_to_bytes().unwrap(), 8, "x");
-        let rw = CreateContainerRewriter { pod_netns: None, drop_sandbox_dns: true };
-        let out = apply(&rw, &envelope(AGENT, "CreateSandbox", bytes)).unwrap().unwrap();
+        let rw = CreateContainerRewriter {
+            pod_netns: None,
+            drop_sandbox_dns: true,
+        };
+        let out = apply(&rw, &envelope(AGENT, "CreateSandbox", bytes))
+            .unwrap()
+            .unwrap();
         let env = ttrpc::Request::parse_from_bytes(&out).unwrap();
         let got = CreateSandboxRequest::parse_from_bytes(&env.payload).unwrap();
         assert!(got.dns.is_empty());
@@ -290,7 +301,9 @@ mod tests {
     fn adaptor_side_rewriter_forwards_original_bytes() {
         let rw = CreateContainerRewriter::default();
         let req = CreateContainerRequest::new().write_to_bytes().unwrap();
-        assert!(apply(&rw, &envelope(AGENT, "CreateContainer", req)).unwrap().is_none());
+        assert!(apply(&rw, &envelope(AGENT, "CreateContainer", req))
+            .unwrap()
+            .is_none());
         assert!(!rw.wants(AGENT, "CreateSandbox"));
     }
 

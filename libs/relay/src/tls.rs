@@ -61,23 +61,34 @@ fn roots(ca_pem: &str) -> Result<RootCertStore, TlsError> {
 /// The forwarder's server configuration: presents the VM's certificate and
 /// requires a client certificate signed by the node CA.
 pub fn server_config(m: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&m.ca_cert_pem)?), provider())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&m.ca_cert_pem)?), provider())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs(&m.cert_pem, "server certificate")?, key(&m.key_pem, "server key")?)?;
+        .with_single_cert(
+            certs(&m.cert_pem, "server certificate")?,
+            key(&m.key_pem, "server key")?,
+        )?;
     Ok(Arc::new(cfg))
 }
 
 /// The adaptor's client configuration: trusts only the node CA and presents
 /// the adaptor's client certificate.
-pub fn client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn client_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca_pem)?)
-        .with_client_auth_cert(certs(cert_pem, "client certificate")?, key(key_pem, "client key")?)?;
+        .with_client_auth_cert(
+            certs(cert_pem, "client certificate")?,
+            key(key_pem, "client key")?,
+        )?;
     Ok(Arc::new(cfg))
 }
 
@@ -103,7 +114,10 @@ mod tests {
             key_pem: String::new(),
         };
         let e = server_config(&m).unwrap_err().to_string();
-        assert!(e.contains("CA certificate") || e.contains("client verifier"), "{e}");
+        assert!(
+            e.contains("CA certificate") || e.contains("client verifier"),
+            "{e}"
+        );
         let e = client_config("nothing", "", "").unwrap_err().to_string();
         assert!(e.contains("CA certificate"), "{e}");
     }

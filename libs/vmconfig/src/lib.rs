@@ -47,7 +47,10 @@ pub struct TlsMaterial {
 impl std::fmt::Debug for TlsMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsMaterial")
-            .field("ca_cert_pem", &format_args!("<{} bytes>", self.ca_cert_pem.len()))
+            .field(
+                "ca_cert_pem",
+                &format_args!("<{} bytes>", self.ca_cert_pem.len()),
+            )
             .field("cert_pem", &format_args!("<{} bytes>", self.cert_pem.len()))
             .field("key_pem", &"<redacted>")
             .finish()
@@ -210,7 +213,10 @@ mod tests {
     #[test]
     fn oversized_document_is_refused() {
         let big = vec![b' '; MAX_DOCUMENT_BYTES + 1];
-        assert!(matches!(ForwarderConfig::parse(&big), Err(ConfigError::TooLarge(_))));
+        assert!(matches!(
+            ForwarderConfig::parse(&big),
+            Err(ConfigError::TooLarge(_))
+        ));
     }
 
     #[test]

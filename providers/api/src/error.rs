@@ -97,8 +97,11 @@ mod tests {
 
     #[test]
     fn display_keeps_cloud_code_and_message() {
-        let e = ProviderError::new(ErrorKind::InsufficientCapacity, "no m6a.large in us-east-1a")
-            .with_code("InsufficientInstanceCapacity");
+        let e = ProviderError::new(
+            ErrorKind::InsufficientCapacity,
+            "no m6a.large in us-east-1a",
+        )
+        .with_code("InsufficientInstanceCapacity");
         assert_eq!(
             e.to_string(),
             "insufficient_capacity (InsufficientInstanceCapacity): no m6a.large in us-east-1a"

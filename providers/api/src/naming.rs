@@ -11,14 +11,9 @@ pub fn short_sandbox_id(sandbox_id: &str) -> &str {
     }
 }
 
-/// Builds the instance name, keeping the sandbox suffix whole when the pod
-/// name must be shortened to fit `max_len`. Characters outside
-/// `[a-z0-9-]` are replaced by `-` (pod names are DNS-1123 already, this
-/// guards the rest) and the result never ends in `-` before the suffix.
-pub fn instance_name(pod_name: &str, sandbox_id: &str, max_len: usize) -> String {
-    let suffix = short_sandbox_id(sandbox_id).to_ascii_lowercase();
-    let clean: String = pod_name
-        .chars()
+/// Lower-cases and replaces every character outside `[a-z0-9-]` by `-`.
+fn dns_chars(s: &str) -> String {
+    s.chars()
         .map(|c| {
             let c = c.to_ascii_lowercase();
             if c.is_ascii_alphanumeric() || c == '-' {
@@ -27,7 +22,18 @@ pub fn instance_name(pod_name: &str, sandbox_id: &str, max_len: usize) -> String
                 '-'
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Builds the instance name, keeping the sandbox suffix whole when the pod
+/// name must be shortened to fit `max_len`. Characters outside
+/// `[a-z0-9-]` are replaced by `-` (pod names are DNS-1123 already, this
+/// guards the rest) and the result never ends in `-` before the suffix.
+pub fn instance_name(pod_name: &str, sandbox_id: &str, max_len: usize) -> String {
+    let suffix = dns_chars(short_sandbox_id(sandbox_id));
+    let suffix = suffix.trim_matches('-');
+    let suffix = if suffix.is_empty() { "0" } else { suffix };
+    let clean = dns_chars(pod_name);
     let fixed = "podvm-".len() + 1 + suffix.len();
     let room = max_len.saturating_sub(fixed);
     let mut pod: String = clean.chars().take(room).collect();
@@ -65,6 +71,13 @@ mod tests {
     fn odd_characters_are_replaced_and_no_double_dash_at_cut() {
         assert_eq!(instance_name("My_Pod", "abc", 63), "podvm-my-pod-abc");
         assert_eq!(instance_name("ab-", "12345678", 20), "podvm-ab-12345678");
+    }
+
+    #[test]
+    fn name_is_a_dns_name_whatever_the_sandbox_id() {
+        assert_eq!(instance_name("web", "restart-one", 63), "podvm-web-restart");
+        assert_eq!(instance_name("web", "AB_cd.EF9", 63), "podvm-web-ab-cd-ef");
+        assert_eq!(instance_name("web", "--------x", 63), "podvm-web-0");
     }
 
     #[test]

@@ -64,7 +64,10 @@ impl std::fmt::Debug for InstanceRequest {
             .field("memory_mib", &self.memory_mib)
             .field("image", &self.image)
             .field("machine_type", &self.machine_type)
-            .field("user_data", &format_args!("<{} bytes, redacted>", self.user_data.len()))
+            .field(
+                "user_data",
+                &format_args!("<{} bytes, redacted>", self.user_data.len()),
+            )
             .finish()
     }
 }
@@ -95,7 +98,10 @@ mod tests {
 
     #[test]
     fn owner_filter_matches_only_its_tags() {
-        let owner = OwnerTags { node: "n1".into(), sandbox_id: String::new() };
+        let owner = OwnerTags {
+            node: "n1".into(),
+            sandbox_id: String::new(),
+        };
         let mut tags = BTreeMap::new();
         tags.insert(TAG_NODE.to_string(), "n1".to_string());
         tags.insert(TAG_SANDBOX.to_string(), "s".to_string());
@@ -108,7 +114,10 @@ mod tests {
     fn debug_never_shows_user_data() {
         let req = InstanceRequest {
             name: "podvm-x-1".into(),
-            owner: OwnerTags { node: "n".into(), sandbox_id: "s".into() },
+            owner: OwnerTags {
+                node: "n".into(),
+                sandbox_id: "s".into(),
+            },
             extra_tags: BTreeMap::new(),
             vcpus: None,
             memory_mib: None,

@@ -12,7 +12,9 @@ pub mod process;
 pub mod state;
 
 use async_trait::async_trait;
-use peerpod_provider_api::{check_instance_id, ErrorKind, Instance, InstanceRequest, OwnerTags, Provider, ProviderError};
+use peerpod_provider_api::{
+    check_instance_id, ErrorKind, Instance, InstanceRequest, OwnerTags, Provider, ProviderError,
+};
 use state::Meta;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -82,7 +84,9 @@ fn link_err(e: link::LinkError) -> ProviderError {
 fn random_id() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    let hex: String = (0..10).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect();
+    let hex: String = (0..10)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect();
     format!("l{hex}")
 }
 
@@ -95,7 +99,9 @@ fn now_secs() -> u64 {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 impl LocalProvider {
@@ -109,7 +115,10 @@ impl LocalProvider {
         if cfg.subnet.octets()[3] != 0 {
             return Err(perr(
                 ErrorKind::InvalidConfig,
-                format!("subnet {} must be a /24 network address (x.y.z.0)", cfg.subnet),
+                format!(
+                    "subnet {} must be a /24 network address (x.y.z.0)",
+                    cfg.subnet
+                ),
             ));
         }
         Ok(Self {
@@ -127,11 +136,17 @@ impl LocalProvider {
     }
 
     fn check_binaries(&self) -> Result<(), ProviderError> {
-        for (what, p) in [("forwarder", &self.cfg.forwarder_bin), ("kata-agent", &self.cfg.agent_bin)] {
+        for (what, p) in [
+            ("forwarder", &self.cfg.forwarder_bin),
+            ("kata-agent", &self.cfg.agent_bin),
+        ] {
             if !is_executable(p) {
                 return Err(perr(
                     ErrorKind::InvalidConfig,
-                    format!("{what} binary {} does not exist or is not executable", p.display()),
+                    format!(
+                        "{what} binary {} does not exist or is not executable",
+                        p.display()
+                    ),
                 ));
             }
         }
@@ -142,7 +157,12 @@ impl LocalProvider {
         (2..=254u8).find(|i| !existing.iter().any(|m| m.ip == self.cfg.host_ip(*i)))
     }
 
-    async fn build(&self, meta: &mut Meta, dir: &Path, user_data: &[u8]) -> Result<(), ProviderError> {
+    async fn build(
+        &self,
+        meta: &mut Meta,
+        dir: &Path,
+        user_data: &[u8],
+    ) -> Result<(), ProviderError> {
         let ns_name = meta.netns.clone();
         tokio::task::spawn_blocking(move || netns::create(&ns_name))
             .await
@@ -154,7 +174,9 @@ impl LocalProvider {
             .await
             .map_err(link_err)?;
         let peer = format!("plp{}", &meta.id[1..]);
-        link::create_veth(&h, &meta.veth, &peer, bridge, &ns).await.map_err(link_err)?;
+        link::create_veth(&h, &meta.veth, &peer, bridge, &ns)
+            .await
+            .map_err(link_err)?;
         let ip = meta.ip;
         let ns_name = meta.netns.clone();
         tokio::task::spawn_blocking(move || {
@@ -177,18 +199,29 @@ impl LocalProvider {
             &[(AGENT_ADDR_ENV, format!("unix://{}", sock.display()))],
             &dir.join("agent.log"),
         )
-        .map_err(io_step(&format!("start kata-agent {}", self.cfg.agent_bin.display())))?;
+        .map_err(io_step(&format!(
+            "start kata-agent {}",
+            self.cfg.agent_bin.display()
+        )))?;
         meta.processes.push(agent);
         state::save(dir, meta).map_err(io_step("record the agent process"))?;
         let fwd = process::spawn_in(
             "forwarder",
             &ns,
             &self.cfg.forwarder_bin,
-            &["--config".as_ref(), config.as_os_str(), "--agent-socket".as_ref(), sock.as_os_str()],
+            &[
+                "--config".as_ref(),
+                config.as_os_str(),
+                "--agent-socket".as_ref(),
+                sock.as_os_str(),
+            ],
             &[],
             &dir.join("forwarder.log"),
         )
-        .map_err(io_step(&format!("start forwarder {}", self.cfg.forwarder_bin.display())))?;
+        .map_err(io_step(&format!(
+            "start forwarder {}",
+            self.cfg.forwarder_bin.display()
+        )))?;
         meta.processes.push(fwd);
         state::save(dir, meta).map_err(io_step("record the forwarder process"))?;
         Ok(())
@@ -213,7 +246,10 @@ impl LocalProvider {
             }
             _ => {}
         }
-        if state::load_all(&self.cfg.state_dir).iter().all(|o| o.bridge != m.bridge) {
+        if state::load_all(&self.cfg.state_dir)
+            .iter()
+            .all(|o| o.bridge != m.bridge)
+        {
             link::delete(&h, &m.bridge).await.map_err(link_err)?;
         }
         Ok(())
@@ -282,7 +318,10 @@ impl Provider for LocalProvider {
             .into_iter()
             .find(|m| m.id == instance_id)
         else {
-            tracing::debug!(instance = instance_id, "delete: no such local instance (already gone)");
+            tracing::debug!(
+                instance = instance_id,
+                "delete: no such local instance (already gone)"
+            );
             return Ok(());
         };
         self.destroy(&m).await?;
@@ -314,7 +353,10 @@ impl Provider for LocalProvider {
         Ok(vec![
             format!("forwarder binary {}", self.cfg.forwarder_bin.display()),
             format!("kata-agent binary {}", self.cfg.agent_bin.display()),
-            format!("running as root; instances on bridge {} in {}/24", self.cfg.bridge, self.cfg.subnet),
+            format!(
+                "running as root; instances on bridge {} in {}/24",
+                self.cfg.bridge, self.cfg.subnet
+            ),
         ])
     }
 

@@ -108,7 +108,11 @@ pub async fn create_veth(
         detail: format!("peer {peer} not found"),
     })?;
     h.link()
-        .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(netns.as_raw_fd()).build())
+        .set(
+            LinkUnspec::new_with_index(peer_index)
+                .setns_by_fd(netns.as_raw_fd())
+                .build(),
+        )
         .execute()
         .await
         .map_err(err(format!("move {peer} into the instance namespace")))?;
@@ -144,7 +148,11 @@ pub fn configure_inside(peer: &str, ip: Ipv4Addr) -> Result<(), LinkError> {
             detail: format!("{peer} not in the namespace"),
         })?;
         h.link()
-            .set(LinkUnspec::new_with_index(idx).name("eth0".to_string()).build())
+            .set(
+                LinkUnspec::new_with_index(idx)
+                    .name("eth0".to_string())
+                    .build(),
+            )
             .execute()
             .await
             .map_err(err("rename the instance's interface to eth0"))?;

@@ -73,7 +73,10 @@ pub fn spawn_in(
     env: &[(&str, String)],
     log: &Path,
 ) -> std::io::Result<ProcRef> {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let err = out.try_clone()?;
     let fd = netns.as_raw_fd();
     let mut cmd = tokio::process::Command::new(program);

@@ -64,9 +64,13 @@ pub fn load_all(state_dir: &Path) -> Vec<Meta> {
         let p = e.path().join("meta.json");
         match std::fs::read(&p).map(|b| serde_json::from_slice::<Meta>(&b)) {
             Ok(Ok(m)) => out.push(m),
-            Ok(Err(err)) => tracing::warn!(path = %p.display(), error = %err, "unreadable instance record"),
+            Ok(Err(err)) => {
+                tracing::warn!(path = %p.display(), error = %err, "unreadable instance record")
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => tracing::warn!(path = %p.display(), error = %err, "unreadable instance record"),
+            Err(err) => {
+                tracing::warn!(path = %p.display(), error = %err, "unreadable instance record")
+            }
         }
     }
     out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));

@@ -18,7 +18,11 @@ fn root() -> bool {
 }
 
 fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -81,7 +85,11 @@ impl Drop for World {
         sh(&format!("pkill -f '{me}' ; true"));
         for ns in sh("ls /run/netns 2>/dev/null").lines() {
             if ns.starts_with("pplocal-l") {
-                let dir = self.dir.path().join("state/instances").join(&ns["pplocal-".len()..]);
+                let dir = self
+                    .dir
+                    .path()
+                    .join("state/instances")
+                    .join(&ns["pplocal-".len()..]);
                 if dir.exists() {
                     sh(&format!("ip netns del {ns}"));
                 }
@@ -123,13 +131,21 @@ fn pids_under(dir: &Path) -> Vec<u32> {
     let me = std::process::id();
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if pid == me {
             continue;
         }
-        let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ");
+        let cmd = String::from_utf8_lossy(
+            &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+        )
+        .replace('\0', " ");
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = stat.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(true);
+        let zombie = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().starts_with('Z'))
+            .unwrap_or(true);
         if cmd.contains(&needle) && !zombie {
             out.push(pid);
         }
@@ -142,7 +158,11 @@ fn pids_under(dir: &Path) -> Vec<u32> {
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn our_netns() -> Vec<String> {
-    sh("ls /run/netns 2>/dev/null").lines().filter(|l| l.starts_with("pplocal-")).map(str::to_string).collect()
+    sh("ls /run/netns 2>/dev/null")
+        .lines()
+        .filter(|l| l.starts_with("pplocal-"))
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test]
@@ -161,30 +181,58 @@ async fn create_runs_processes_in_their_own_namespace_and_delete_leaves_nothing(
 
     assert!(sh("ip netns list").contains(&ns), "netns listed");
     let link = sh(&format!("ip -o link show {veth}"));
-    assert!(link.contains(&format!("master {}", w.bridge)), "veth on the bridge: {link}");
+    assert!(
+        link.contains(&format!("master {}", w.bridge)),
+        "veth on the bridge: {link}"
+    );
     let dir = w.instance_dir(&inst.id);
     assert!(wait_for(&dir.join("addr")), "forwarder ran");
     // The forwarder saw eth0 with the instance's address: it ran inside the namespace.
     let addr = std::fs::read_to_string(dir.join("addr")).unwrap();
     assert!(addr.contains(&format!("{ip}/24")), "{addr}");
     let args = std::fs::read_to_string(dir.join("args")).unwrap();
-    assert!(args.contains("--config") && args.contains("user-data") && args.contains("--agent-socket"), "{args}");
+    assert!(
+        args.contains("--config") && args.contains("user-data") && args.contains("--agent-socket"),
+        "{args}"
+    );
     // The agent got its address the way the real kata-agent reads it.
     assert!(wait_for(&dir.join("agent.log")));
-    assert!(std::fs::read_to_string(dir.join("agent.log")).unwrap().contains("unix://"));
+    assert!(std::fs::read_to_string(dir.join("agent.log"))
+        .unwrap()
+        .contains("unix://"));
     // user-data is private.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.join("user-data")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.join("user-data"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     // A real network hop: the host reaches the instance address.
-    let ping = Command::new("ping").args(["-c1", "-W2", &ip]).output().unwrap();
-    assert!(ping.status.success(), "ping {ip}: {}", String::from_utf8_lossy(&ping.stdout));
-    assert_eq!(pids_under(w.dir.path()).len(), 2, "agent and forwarder running");
+    let ping = Command::new("ping")
+        .args(["-c1", "-W2", &ip])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "ping {ip}: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    assert_eq!(
+        pids_under(w.dir.path()).len(),
+        2,
+        "agent and forwarder running"
+    );
 
     p.delete_instance(&inst.id).await.unwrap();
     assert!(!sh("ip netns list").contains(&ns), "netns removed");
-    assert!(sh(&format!("ip -o link show {veth} 2>&1")).contains("does not exist"), "veth removed");
-    assert!(sh(&format!("ip -o link show {} 2>&1", w.bridge)).contains("does not exist"), "bridge removed with the last instance");
+    assert!(
+        sh(&format!("ip -o link show {veth} 2>&1")).contains("does not exist"),
+        "veth removed"
+    );
+    assert!(
+        sh(&format!("ip -o link show {} 2>&1", w.bridge)).contains("does not exist"),
+        "bridge removed with the last instance"
+    );
     assert!(pids_under(w.dir.path()).is_empty(), "processes stopped");
     assert!(!dir.exists(), "instance directory removed");
     // Idempotent.
@@ -208,7 +256,10 @@ async fn list_by_owner_and_after_a_restart() {
         sandbox_id: "sbA".into(),
     };
     let found = p.list_instances(&only_a).await.unwrap();
-    assert_eq!(found.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), vec![a.id.clone()]);
+    assert_eq!(
+        found.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+        vec![a.id.clone()]
+    );
     let node = OwnerTags {
         node: "node-a".into(),
         sandbox_id: String::new(),
@@ -242,14 +293,30 @@ async fn failed_create_leaves_nothing_behind() {
     let _serial = SERIAL.lock().await;
     let w = World::new(3);
     // The forwarder cannot start (exists, executable, but exec fails).
-    std::fs::write(w.dir.path().join("forwarder"), "#!/nonexistent/interpreter\n").unwrap();
+    std::fs::write(
+        w.dir.path().join("forwarder"),
+        "#!/nonexistent/interpreter\n",
+    )
+    .unwrap();
     let p = w.provider();
     let before = our_netns();
-    let e = p.create_instance(request("sbF")).await.unwrap_err().to_string();
+    let e = p
+        .create_instance(request("sbF"))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("start forwarder"), "{e}");
-    assert_eq!(our_netns(), before, "the namespace made for the failed create is gone");
+    assert_eq!(
+        our_netns(),
+        before,
+        "the namespace made for the failed create is gone"
+    );
     assert!(pids_under(w.dir.path()).is_empty(), "agent stopped again");
-    assert!(sh(&format!("ip -o link show master {} 2>/dev/null", w.bridge)).trim().is_empty());
+    assert!(
+        sh(&format!("ip -o link show master {} 2>/dev/null", w.bridge))
+            .trim()
+            .is_empty()
+    );
     let any = OwnerTags {
         node: "node-a".into(),
         sandbox_id: String::new(),
@@ -259,7 +326,11 @@ async fn failed_create_leaves_nothing_behind() {
     // A missing binary is a configuration error naming the path.
     let mut cfg = w.config();
     cfg.agent_bin = w.dir.path().join("nope");
-    let e = LocalProvider::new(cfg).unwrap().create_instance(request("x")).await.unwrap_err();
+    let e = LocalProvider::new(cfg)
+        .unwrap()
+        .create_instance(request("x"))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, peerpod_provider_api::ErrorKind::InvalidConfig);
     assert!(e.to_string().contains("nope"), "{e}");
 }

@@ -8,7 +8,10 @@ use peerpod_tests::agent_double::{AgentDouble, Recorder, SERVER_ADDR_ENV};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(version, about = "kata-agent test double (a fixture, not the real agent)")]
+#[command(
+    version,
+    about = "kata-agent test double (a fixture, not the real agent)"
+)]
 struct Args {
     /// Unix socket to listen on; defaults to the path in KATA_AGENT_SERVER_ADDR.
     #[arg(long)]
@@ -20,20 +23,26 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let socket = match args.socket {
         Some(s) => s,
         None => match std::env::var(SERVER_ADDR_ENV) {
             Ok(addr) => match addr.strip_prefix("unix://") {
                 Some(p) => PathBuf::from(p),
-                None => bail!("{SERVER_ADDR_ENV}={addr}: only unix://<path> is supported by the double"),
+                None => {
+                    bail!("{SERVER_ADDR_ENV}={addr}: only unix://<path> is supported by the double")
+                }
             },
             Err(_) => bail!("give --socket or set {SERVER_ADDR_ENV}=unix://<path>"),
         },
     };
     let recorder = match &args.record {
-        Some(p) => Recorder::to_file(p).with_context(|| format!("open record file {}", p.display()))?,
+        Some(p) => {
+            Recorder::to_file(p).with_context(|| format!("open record file {}", p.display()))?
+        }
         None => Recorder::default(),
     };
     let double = AgentDouble::start(&socket, recorder)

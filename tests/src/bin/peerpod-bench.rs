@@ -82,11 +82,22 @@ async fn latency(d: &TestDaemon, calls: usize) -> anyhow::Result<()> {
     direct.extend(health_series(&direct_sock, calls / 2).await?);
     relay.sort();
     direct.sort();
-    println!("## Relay latency (grpc.Health/Check round trip, {} calls each, one connection)", relay.len());
+    println!(
+        "## Relay latency (grpc.Health/Check round trip, {} calls each, one connection)",
+        relay.len()
+    );
     println!("| path | p50 µs | p99 µs |");
     println!("|---|---|---|");
-    println!("| direct to agent double (unix) | {:.1} | {:.1} |", us(pct(&direct, 0.5)), us(pct(&direct, 0.99)));
-    println!("| adaptor relay + mTLS + forwarder | {:.1} | {:.1} |", us(pct(&relay, 0.5)), us(pct(&relay, 0.99)));
+    println!(
+        "| direct to agent double (unix) | {:.1} | {:.1} |",
+        us(pct(&direct, 0.5)),
+        us(pct(&direct, 0.99))
+    );
+    println!(
+        "| adaptor relay + mTLS + forwarder | {:.1} | {:.1} |",
+        us(pct(&relay, 0.5)),
+        us(pct(&relay, 0.99))
+    );
     println!(
         "| **added by the relay** | **{:.1}** | **{:.1}** |",
         us(pct(&relay, 0.5)) - us(pct(&direct, 0.5)),
@@ -120,7 +131,10 @@ async fn throughput(d: &TestDaemon, calls: usize, conns: usize) -> anyhow::Resul
     println!("## Relay throughput (1 MiB Echo requests, reply 1 MiB; {conns} connections × {calls} calls; bytes counted both ways)");
     println!("| path | MiB/s |");
     println!("|---|---|");
-    for (label, path) in [("direct to agent double (unix)", direct_sock), ("adaptor relay + mTLS + forwarder", sock)] {
+    for (label, path) in [
+        ("direct to agent double (unix)", direct_sock),
+        ("adaptor relay + mTLS + forwarder", sock),
+    ] {
         echo_mib(&path, 5).await?;
         let t = Instant::now();
         let mut tasks = Vec::new();
@@ -230,10 +244,15 @@ async fn readiness(samples: usize) -> anyhow::Result<()> {
     let mut lags = Vec::new();
     for i in 0..samples {
         let id = format!("ready{i}");
-        h.create_vm(&id, shim_annotations("bench", "default"), "").await?;
+        h.create_vm(&id, shim_annotations("bench", "default"), "")
+            .await?;
         h.start_vm(&id, Duration::from_secs(30)).await?;
         let done = Instant::now();
-        let at = listening_at.lock().ok().and_then(|mut a| a.take()).context("forwarder never listened")?;
+        let at = listening_at
+            .lock()
+            .ok()
+            .and_then(|mut a| a.take())
+            .context("forwarder never listened")?;
         lags.push(done.duration_since(at));
         h.stop_vm(&id).await?;
     }
@@ -265,9 +284,13 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 fn pids_of(exe_name: &str, under: &Path) -> Vec<u32> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if cmd.contains(exe_name) && cmd.contains(&*under.to_string_lossy()) {
@@ -316,7 +339,8 @@ async fn rss(sandboxes: usize) -> anyhow::Result<()> {
     let mut started = 0;
     for i in 0..n {
         let id = format!("rss{i:03}");
-        h.create_vm(&id, shim_annotations(&format!("rss{i}"), "bench"), "").await?;
+        h.create_vm(&id, shim_annotations(&format!("rss{i}"), "bench"), "")
+            .await?;
         match h.start_vm(&id, Duration::from_secs(60)).await {
             Ok(()) => started += 1,
             Err(e) => eprintln!("sandbox {id}: {e}"),
@@ -325,7 +349,11 @@ async fn rss(sandboxes: usize) -> anyhow::Result<()> {
     }
     // Each sandbox served once through its agent socket.
     for id in &ids {
-        let _ = agent_health(&dir.path().join("pods").join(id).join("agent.ttrpc"), Duration::from_secs(5)).await;
+        let _ = agent_health(
+            &dir.path().join("pods").join(id).join("agent.ttrpc"),
+            Duration::from_secs(5),
+        )
+        .await;
     }
     let loaded = rss_kib(pid).unwrap_or(0);
     let fwd: Vec<u64> = pids_of("agent-protocol-forwarder", dir.path())
@@ -353,8 +381,15 @@ async fn rss(sandboxes: usize) -> anyhow::Result<()> {
     println!("| process | MiB |");
     println!("|---|---|");
     println!("| cloud-api-adaptor idle | {:.1} |", idle as f64 / 1024.0);
-    println!("| cloud-api-adaptor with {started} running sandboxes | {:.1} |", loaded as f64 / 1024.0);
-    println!("| agent-protocol-forwarder idle (median of {}) | {:.1} |", fwd.len(), fwd_med as f64 / 1024.0);
+    println!(
+        "| cloud-api-adaptor with {started} running sandboxes | {:.1} |",
+        loaded as f64 / 1024.0
+    );
+    println!(
+        "| agent-protocol-forwarder idle (median of {}) | {:.1} |",
+        fwd.len(),
+        fwd_med as f64 / 1024.0
+    );
     println!();
     Ok(())
 }
@@ -364,7 +399,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("# peerpod-bench\n\nmachine: {cores} cores, kernel {}\n", kernel.trim());
+    println!(
+        "# peerpod-bench\n\nmachine: {cores} cores, kernel {}\n",
+        kernel.trim()
+    );
     let d = TestDaemon::start(true).await;
     latency(&d, args.calls).await?;
     throughput(&d, args.mib_calls, args.connections).await?;
