@@ -138,27 +138,32 @@ impl PodSpec {
     }
 }
 
+/// The annotations a Kata shim sends for a pod: every key, empty (unset)
+/// except the pod's name and namespace. Used by the CLI and tests.
+pub fn shim_annotations(pod: &str, namespace: &str) -> HashMap<String, String> {
+    let mut a: HashMap<String, String> = [
+        MACHINE_TYPE,
+        IMAGE,
+        DEFAULT_VCPUS,
+        DEFAULT_MEMORY,
+        INITDATA,
+        DEFAULT_GPUS,
+        DEFAULT_GPU_MODEL,
+    ]
+    .into_iter()
+    .map(|k| (k.to_string(), String::new()))
+    .collect();
+    a.insert(SANDBOX_NAME.into(), pod.into());
+    a.insert(SANDBOX_NAMESPACE.into(), namespace.into());
+    a
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// What the Go shim sends for a plain pod: every key, most empty.
     fn shim_annotations() -> HashMap<String, String> {
-        let mut a = HashMap::new();
-        for k in [
-            MACHINE_TYPE,
-            IMAGE,
-            DEFAULT_VCPUS,
-            DEFAULT_MEMORY,
-            INITDATA,
-            DEFAULT_GPUS,
-            DEFAULT_GPU_MODEL,
-        ] {
-            a.insert(k.to_string(), String::new());
-        }
-        a.insert(SANDBOX_NAME.into(), "nginx".into());
-        a.insert(SANDBOX_NAMESPACE.into(), "default".into());
-        a
+        super::shim_annotations("nginx", "default")
     }
 
     #[test]

@@ -123,22 +123,4 @@ pub async fn agent_health(
     Ok(r.status.enum_value().unwrap_or(ServingStatus::UNKNOWN))
 }
 
-/// The annotations a Kata shim sends for a pod (every key, empty = unset).
-pub fn shim_annotations(pod: &str, namespace: &str) -> HashMap<String, String> {
-    use crate::annotations::*;
-    let mut a: HashMap<String, String> = [
-        MACHINE_TYPE,
-        IMAGE,
-        DEFAULT_VCPUS,
-        DEFAULT_MEMORY,
-        INITDATA,
-        DEFAULT_GPUS,
-        DEFAULT_GPU_MODEL,
-    ]
-    .into_iter()
-    .map(|k| (k.to_string(), String::new()))
-    .collect();
-    a.insert(SANDBOX_NAME.into(), pod.into());
-    a.insert(SANDBOX_NAMESPACE.into(), namespace.into());
-    a
-}
+pub use crate::annotations::shim_annotations;

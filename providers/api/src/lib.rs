@@ -9,6 +9,7 @@
 
 mod error;
 mod naming;
+pub mod persist;
 mod types;
 
 pub use error::{ErrorKind, ProviderError};

@@ -6,7 +6,6 @@
 use crate::process::ProcRef;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -30,24 +29,7 @@ pub fn instances_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("instances")
 }
 
-/// Writes `bytes` crash-safe with `mode`.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(".tmp-write");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
+pub use peerpod_provider_api::persist::write_atomic;
 
 pub fn save(dir: &Path, m: &Meta) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(m).map_err(std::io::Error::other)?;
