@@ -30,9 +30,17 @@ pub const DOUBLE_AGENT_VERSION: &str = "kata-agent-double-1";
 pub struct Recorded {
     pub service: String,
     pub method: String,
-    /// base64 of the request's payload bytes exactly as received.
+    /// base64 of the request's payload bytes exactly as received (empty
+    /// when the payload is larger than [`RECORD_LIMIT`]).
     pub payload_b64: String,
+    /// The payload's length in bytes.
+    #[serde(default)]
+    pub payload_len: usize,
 }
+
+/// Payloads up to this size are recorded whole; larger ones (throughput
+/// benchmarks) only by length, so recording does not dominate the cost.
+pub const RECORD_LIMIT: usize = 64 * 1024;
 
 impl Recorded {
     /// The raw payload bytes.
@@ -67,7 +75,12 @@ impl Recorder {
         let r = Recorded {
             service: service.to_string(),
             method: method.to_string(),
-            payload_b64: base64::engine::general_purpose::STANDARD.encode(payload),
+            payload_b64: if payload.len() <= RECORD_LIMIT {
+                base64::engine::general_purpose::STANDARD.encode(payload)
+            } else {
+                String::new()
+            },
+            payload_len: payload.len(),
         };
         if let Some(f) = &self.file {
             if let (Ok(mut f), Ok(line)) = (f.lock(), serde_json::to_string(&r)) {
