@@ -64,3 +64,18 @@ pub fn hostname() -> String {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into())
 }
+
+/// The daemon's three paths as flags, shared by `cloud-api-adaptor` and
+/// `peerpodctl` so both read the same flags and env vars.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PathArgs {
+    /// Unix socket of the remote hypervisor API (the Kata shim calls it).
+    #[arg(long, env = "PEERPOD_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    pub socket: PathBuf,
+    /// Directory of the per-sandbox agent sockets (<dir>/<sandbox id>/agent.ttrpc).
+    #[arg(long, env = "PEERPOD_PODS_DIR", default_value = DEFAULT_PODS_DIR, global = true)]
+    pub pods_dir: PathBuf,
+    /// Persisted state: sandbox records and the node CA.
+    #[arg(long, env = "PEERPOD_STATE_DIR", default_value = DEFAULT_STATE_DIR, global = true)]
+    pub state_dir: PathBuf,
+}

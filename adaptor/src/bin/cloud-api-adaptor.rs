@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use cloud_api_adaptor::config::{hostname, DEFAULT_PODS_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
+use cloud_api_adaptor::config::{hostname, PathArgs};
 use cloud_api_adaptor::{AdaptorConfig, Daemon};
 use peerpod_provider_api::Provider;
 use std::path::PathBuf;
@@ -21,15 +21,8 @@ struct Cli {
 
 #[derive(Args)]
 struct Global {
-    /// Unix socket serving the remote hypervisor API to the Kata shim.
-    #[arg(long, env = "PEERPOD_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
-    socket: PathBuf,
-    /// Directory of the per-sandbox agent sockets (<dir>/<sandbox id>/agent.ttrpc).
-    #[arg(long, env = "PEERPOD_PODS_DIR", default_value = DEFAULT_PODS_DIR, global = true)]
-    pods_dir: PathBuf,
-    /// Persisted state: sandbox records and the node CA.
-    #[arg(long, env = "PEERPOD_STATE_DIR", default_value = DEFAULT_STATE_DIR, global = true)]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    paths: PathArgs,
     /// This node's name, the owner tag on every instance (default: host name).
     #[arg(long, env = "NODE_NAME", global = true)]
     node_name: Option<String>,
@@ -116,7 +109,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let provider = provider(cli.provider, &g.state_dir)?;
+        let provider = provider(cli.provider, &g.paths.state_dir)?;
         let checks = provider
             .verify()
             .await
@@ -131,9 +124,9 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         let mut cfg = AdaptorConfig::new(g.node_name.unwrap_or_else(hostname));
-        cfg.socket = g.socket;
-        cfg.pods_dir = g.pods_dir;
-        cfg.state_dir = g.state_dir;
+        cfg.socket = g.paths.socket;
+        cfg.pods_dir = g.paths.pods_dir;
+        cfg.state_dir = g.paths.state_dir;
         cfg.tls = !g.no_tls;
         cfg.forwarder_port = g.forwarder_port;
         cfg.start_timeout = Duration::from_secs(g.start_timeout);

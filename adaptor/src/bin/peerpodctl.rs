@@ -4,11 +4,8 @@
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use cloud_api_adaptor::client::{agent_health, shim_annotations, Hypervisor};
-use cloud_api_adaptor::config::{
-    AdaptorConfig, DEFAULT_PODS_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
-};
+use cloud_api_adaptor::config::{AdaptorConfig, PathArgs};
 use cloud_api_adaptor::state::Store;
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -17,15 +14,8 @@ use std::time::Duration;
     about = "Operate a cloud-api-adaptor: create, check, list and stop peer pod sandboxes"
 )]
 struct Cli {
-    /// The daemon's hypervisor socket.
-    #[arg(long, env = "PEERPOD_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
-    socket: PathBuf,
-    /// The daemon's pods directory (agent sockets).
-    #[arg(long, env = "PEERPOD_PODS_DIR", default_value = DEFAULT_PODS_DIR, global = true)]
-    pods_dir: PathBuf,
-    /// The daemon's state directory (for `list`).
-    #[arg(long, env = "PEERPOD_STATE_DIR", default_value = DEFAULT_STATE_DIR, global = true)]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    paths: PathArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -95,7 +85,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Version => {
-            let v = Hypervisor::connect(&cli.socket).await?.version().await?;
+            let v = Hypervisor::connect(&cli.paths.socket)
+                .await?
+                .version()
+                .await?;
             println!("{v}");
         }
         Cmd::Create {
@@ -123,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
                 };
                 a.insert(k.into(), v.into());
             }
-            let h = Hypervisor::connect(&cli.socket).await?;
+            let h = Hypervisor::connect(&cli.paths.socket).await?;
             let socket = h.create_vm(&id, a, &netns).await?;
             eprintln!("created sandbox {id}; starting its VM");
             let started = std::time::Instant::now();
@@ -133,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Check { sandbox } => {
             let cfg = AdaptorConfig {
-                pods_dir: cli.pods_dir,
+                pods_dir: cli.paths.pods_dir,
                 ..AdaptorConfig::new("")
             };
             let path = cfg.agent_socket(&sandbox);
@@ -146,8 +139,8 @@ async fn main() -> anyhow::Result<()> {
             println!("sandbox {sandbox}: grpc.Health/Check = {status:?}");
         }
         Cmd::List => {
-            let store = Store::open(&cli.state_dir)
-                .with_context(|| format!("reading {}", cli.state_dir.display()))?;
+            let store = Store::open(&cli.paths.state_dir)
+                .with_context(|| format!("reading {}", cli.paths.state_dir.display()))?;
             let (records, bad) = store.load_all()?;
             println!(
                 "{:<20} {:<24} {:<12} {:<14} {:<16} {:>5}",
@@ -172,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Stop { sandbox } => {
-            Hypervisor::connect(&cli.socket)
+            Hypervisor::connect(&cli.paths.socket)
                 .await?
                 .stop_vm(&sandbox)
                 .await?;
