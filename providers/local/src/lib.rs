@@ -1,46 +1,67 @@
 //! The `local` provider: no cloud needed. Each instance is an
 //! `agent-protocol-forwarder` plus a kata-agent (the test double by
 //! default, or a real `kata-agent` binary) running on this host inside a
-//! network namespace of its own, joined to a host bridge by a veth pair
-//! with its own address — so the adaptor reaches it over a real network
-//! hop, as it reaches a cloud VM. The forwarder gets its config the way a
-//! cloud hands over user data: a file in the instance's directory.
+//! network namespace of its own (`pplocal-<id>`, listed by `ip netns`),
+//! joined to a host bridge by a veth pair with its own address — so the
+//! adaptor reaches it over a real network hop, as it reaches a cloud VM.
+//! The forwarder gets its config the way a cloud hands over user data: a
+//! file in the instance's directory.
+//!
+//! Everything an instance owns is named after its id and recorded in
+//! `<state dir>/instances/<id>/meta.json` before it is made, so a
+//! restarted adaptor lists and deletes instances a crashed one left,
+//! whatever step the crash interrupted.
 
+pub mod error;
 pub mod link;
 pub mod netns;
 pub mod process;
 pub mod state;
 
+pub use error::Error;
+
 use async_trait::async_trait;
+use error::{joined, Step};
 use peerpod_provider_api::{
-    check_instance_id, ErrorKind, Instance, InstanceRequest, OwnerTags, Provider, ProviderError,
+    check_instance_id, Instance, InstanceRequest, OwnerTags, Provider, ProviderError,
 };
 use state::Meta;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-/// The env var the kata-agent reads its listen address from.
+/// The env var the kata-agent (and its test double) reads its listen
+/// address from.
 pub const AGENT_ADDR_ENV: &str = "KATA_AGENT_SERVER_ADDR";
 /// How long processes get between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// Longest path a unix socket address can hold (`sun_path` minus the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// Lines of each log `console_tail` returns.
+const TAIL_LINES: usize = 20;
 
 /// Settings of the local provider.
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
     /// Instance directories live in `<state_dir>/instances/`.
     pub state_dir: PathBuf,
+    /// `agent-protocol-forwarder`.
     pub forwarder_bin: PathBuf,
+    /// The kata-agent: `kata-agent-double` by default; any binary that
+    /// listens where `KATA_AGENT_SERVER_ADDR` says.
     pub agent_bin: PathBuf,
-    /// Host bridge joining the instances.
+    /// Host bridge joining the instances (created on demand, removed with
+    /// the last instance).
     pub bridge: String,
     /// The /24 network (x.y.z.0); the bridge takes .1, instances .2–.254.
     pub subnet: Ipv4Addr,
 }
 
 impl LocalConfig {
-    /// Defaults: binaries next to the running executable, bridge
+    /// Defaults: binaries next to the running executable
+    /// (`agent-protocol-forwarder`, `kata-agent-double`), bridge
     /// `pplocal0`, subnet 10.213.0.0/24.
     pub fn with_defaults(state_dir: impl Into<PathBuf>) -> Self {
         let dir = std::env::current_exe()
@@ -56,9 +77,15 @@ impl LocalConfig {
         }
     }
 
-    fn host_ip(&self, last: u8) -> Ipv4Addr {
+    /// Address `.last` of the subnet.
+    fn ip(&self, last: u8) -> Ipv4Addr {
         let o = self.subnet.octets();
         Ipv4Addr::new(o[0], o[1], o[2], last)
+    }
+
+    /// The bridge's address: the instances' gateway.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.ip(1)
     }
 }
 
@@ -69,25 +96,18 @@ pub struct LocalProvider {
     lock: Mutex<()>,
 }
 
-fn perr(kind: ErrorKind, msg: impl Into<String>) -> ProviderError {
-    ProviderError::new(kind, msg)
+/// What one create has made so far; a failed create undoes exactly that.
+#[derive(Debug, Default, Clone, Copy)]
+struct Made {
+    netns: bool,
+    veth: bool,
 }
 
-fn io_step(step: &str) -> impl FnOnce(std::io::Error) -> ProviderError + '_ {
-    move |e| perr(ErrorKind::Transient, format!("{step}: {e}"))
-}
-
-fn link_err(e: link::LinkError) -> ProviderError {
-    perr(ErrorKind::Transient, e.to_string())
-}
-
-fn random_id() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    let hex: String = (0..10)
-        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
-        .collect();
-    format!("l{hex}")
+impl Made {
+    const ALL: Made = Made {
+        netns: true,
+        veth: true,
+    };
 }
 
 fn now_secs() -> u64 {
@@ -97,29 +117,123 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-fn is_executable(p: &Path) -> bool {
+fn check_executable(what: &str, p: &Path) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    let bad = |why: &str| {
+        Err(Error::Config(format!(
+            "{what} binary {}: {why}",
+            p.display()
+        )))
+    };
+    match std::fs::metadata(p) {
+        Ok(m) if !m.is_file() => bad("not a regular file"),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => bad("not executable"),
+        Ok(_) => Ok(()),
+        Err(e) => bad(&e.to_string()),
+    }
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+}
+
+/// Whether this process holds the capabilities the provider uses
+/// (CAP_NET_ADMIN for links, CAP_SYS_ADMIN for namespaces and mounts).
+fn privileges() -> Result<String, Error> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok("running as root".into());
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let missing: Vec<&str> = [("CAP_NET_ADMIN", 12), ("CAP_SYS_ADMIN", 21)]
+        .into_iter()
+        .filter(|(_, bit)| eff & (1u64 << bit) == 0)
+        .map(|(name, _)| name)
+        .collect();
+    if missing.is_empty() {
+        Ok("not root, but holding CAP_NET_ADMIN and CAP_SYS_ADMIN".into())
+    } else {
+        Err(Error::Privilege(format!(
+            "the local provider creates network namespaces and links: run as root or grant {}",
+            missing.join(" and ")
+        )))
+    }
+}
+
+fn instance(m: Meta) -> Instance {
+    Instance {
+        id: m.id,
+        name: m.name,
+        ips: vec![m.ip.into()],
+        tags: m.tags,
+    }
+}
+
+/// The last `n` lines of a file, reading at most its last 64 KiB.
+fn tail(path: &Path, n: usize) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let start = len.saturating_sub(64 * 1024);
+    f.seek(SeekFrom::Start(start)).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    // A cut first line is partial: drop it unless it is all there is.
+    let from = usize::from(start > 0 && lines.len() > 1);
+    let lines = &lines[from..];
+    Some(lines[lines.len().saturating_sub(n)..].join("\n"))
 }
 
 impl LocalProvider {
-    pub fn new(cfg: LocalConfig) -> Result<Self, ProviderError> {
-        if cfg.bridge.is_empty() || cfg.bridge.len() > 15 {
-            return Err(perr(
-                ErrorKind::InvalidConfig,
-                format!("bridge name {:?} must be 1–15 characters", cfg.bridge),
-            ));
+    /// Checks the configuration (names, subnet, path lengths) without
+    /// touching the system; binaries are checked at each create and by
+    /// [`Provider::verify`].
+    pub fn new(mut cfg: LocalConfig) -> Result<Self, ProviderError> {
+        if !valid_ifname(&cfg.bridge) {
+            return Err(Error::Config(format!(
+                "bridge name {:?} must be 1–15 characters without '/', ':' or spaces",
+                cfg.bridge
+            ))
+            .into());
         }
         if cfg.subnet.octets()[3] != 0 {
-            return Err(perr(
-                ErrorKind::InvalidConfig,
-                format!(
-                    "subnet {} must be a /24 network address (x.y.z.0)",
-                    cfg.subnet
-                ),
-            ));
+            return Err(Error::Config(format!(
+                "subnet {} must be a /24 network address (x.y.z.0)",
+                cfg.subnet
+            ))
+            .into());
+        }
+        // Children run in their instance directory: hand them absolute paths.
+        for p in [
+            &mut cfg.state_dir,
+            &mut cfg.forwarder_bin,
+            &mut cfg.agent_bin,
+        ] {
+            *p = std::path::absolute(&*p)
+                .map_err(|e| Error::Config(format!("path {}: {e}", p.display())))?;
+        }
+        let sock = state::instances_dir(&cfg.state_dir)
+            .join("l0123456789")
+            .join("agent.sock");
+        if sock.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(Error::Config(format!(
+                "state directory {} is too long: the agent socket path {} would exceed {MAX_SOCKET_PATH} bytes",
+                cfg.state_dir.display(),
+                sock.display()
+            ))
+            .into());
         }
         Ok(Self {
             cfg,
@@ -135,124 +249,229 @@ impl LocalProvider {
         state::instances_dir(&self.cfg.state_dir).join(id)
     }
 
-    fn check_binaries(&self) -> Result<(), ProviderError> {
-        for (what, p) in [
-            ("forwarder", &self.cfg.forwarder_bin),
-            ("kata-agent", &self.cfg.agent_bin),
-        ] {
-            if !is_executable(p) {
-                return Err(perr(
-                    ErrorKind::InvalidConfig,
-                    format!(
-                        "{what} binary {} does not exist or is not executable",
-                        p.display()
-                    ),
-                ));
-            }
-        }
-        Ok(())
+    fn check_binaries(&self) -> Result<(), Error> {
+        check_executable("forwarder", &self.cfg.forwarder_bin)?;
+        check_executable("kata-agent", &self.cfg.agent_bin)
     }
 
     fn free_index(&self, existing: &[Meta]) -> Option<u8> {
-        (2..=254u8).find(|i| !existing.iter().any(|m| m.ip == self.cfg.host_ip(*i)))
+        (2..=254u8).find(|i| !existing.iter().any(|m| m.ip == self.cfg.ip(*i)))
     }
 
+    /// The steps of a create after its record exists; `made` tells a
+    /// failure what to undo.
     async fn build(
         &self,
         meta: &mut Meta,
         dir: &Path,
-        user_data: &[u8],
-    ) -> Result<(), ProviderError> {
+        user_data: Vec<u8>,
+        made: &mut Made,
+    ) -> Result<(), Error> {
         let ns_name = meta.netns.clone();
-        tokio::task::spawn_blocking(move || netns::create(&ns_name))
-            .await
-            .map_err(|e| perr(ErrorKind::Transient, e.to_string()))?
-            .map_err(io_step(&format!("create network namespace {}", meta.netns)))?;
-        let ns = netns::open(&meta.netns).map_err(io_step("open the instance namespace"))?;
-        let h = link::connect().map_err(link_err)?;
-        let bridge = link::ensure_bridge(&h, &self.cfg.bridge, self.cfg.host_ip(1))
-            .await
-            .map_err(link_err)?;
-        let peer = format!("plp{}", &meta.id[1..]);
-        link::create_veth(&h, &meta.veth, &peer, bridge, &ns)
-            .await
-            .map_err(link_err)?;
-        let ip = meta.ip;
-        let ns_name = meta.netns.clone();
-        tokio::task::spawn_blocking(move || {
-            netns::run_in(&ns_name, move || {
-                link::configure_inside(&peer, ip).map_err(|e| std::io::Error::other(e.to_string()))
+        let step = format!("create network namespace {ns_name}");
+        joined(
+            tokio::task::spawn_blocking({
+                let step = step.clone();
+                move || netns::create(&ns_name).step(step)
             })
-        })
-        .await
-        .map_err(|e| perr(ErrorKind::Transient, e.to_string()))?
-        .map_err(io_step("configure the instance's eth0"))?;
+            .await,
+            &step,
+        )?;
+        made.netns = true;
+        let ns = Arc::new(
+            netns::open(&meta.netns).step(format!("open network namespace {}", meta.netns))?,
+        );
+
+        let h = link::connect()?;
+        let bridge = link::ensure_bridge(&h, &self.cfg.bridge, self.cfg.gateway()).await?;
+        // The peer gets a unique name in the host namespace; inside it
+        // becomes eth0.
+        let peer = format!("plp{}", &meta.id[1..]);
+        link::create_veth(&h, &meta.veth, &peer).await?;
+        made.veth = true;
+        link::attach_veth(&h, &meta.veth, &peer, bridge, &ns).await?;
+        let (ip, gw, ns_name) = (meta.ip, self.cfg.gateway(), meta.netns.clone());
+        let step = format!("configure eth0 in {ns_name}");
+        joined(
+            tokio::task::spawn_blocking({
+                let step = step.clone();
+                move || {
+                    netns::run_in(&ns_name, move || {
+                        link::configure_inside(&peer, ip, gw).map_err(std::io::Error::other)
+                    })
+                    .step(step)
+                }
+            })
+            .await,
+            &step,
+        )?;
 
         let config = dir.join("user-data");
-        state::write_atomic(&config, user_data, 0o600).map_err(io_step("write user-data"))?;
+        state::write_atomic(&config, &user_data, 0o600).step("write user-data")?;
         let sock = dir.join("agent.sock");
-        let agent = process::spawn_in(
-            "kata-agent",
-            &ns,
-            &self.cfg.agent_bin,
-            &[],
-            &[(AGENT_ADDR_ENV, format!("unix://{}", sock.display()))],
-            &dir.join("agent.log"),
-        )
-        .map_err(io_step(&format!(
-            "start kata-agent {}",
-            self.cfg.agent_bin.display()
-        )))?;
-        meta.processes.push(agent);
-        state::save(dir, meta).map_err(io_step("record the agent process"))?;
-        let fwd = process::spawn_in(
-            "forwarder",
-            &ns,
-            &self.cfg.forwarder_bin,
-            &[
-                "--config".as_ref(),
-                config.as_os_str(),
-                "--agent-socket".as_ref(),
-                sock.as_os_str(),
-            ],
-            &[],
-            &dir.join("forwarder.log"),
-        )
-        .map_err(io_step(&format!(
-            "start forwarder {}",
-            self.cfg.forwarder_bin.display()
-        )))?;
-        meta.processes.push(fwd);
-        state::save(dir, meta).map_err(io_step("record the forwarder process"))?;
+        let specs = [
+            process::Spawn {
+                what: "kata-agent".into(),
+                program: self.cfg.agent_bin.clone(),
+                args: vec![],
+                env: vec![(
+                    AGENT_ADDR_ENV.to_string(),
+                    format!("unix://{}", sock.display()),
+                )],
+                log: dir.join("agent.log"),
+                cwd: dir.to_path_buf(),
+            },
+            process::Spawn {
+                what: "forwarder".into(),
+                program: self.cfg.forwarder_bin.clone(),
+                args: vec![
+                    "--config".into(),
+                    config.into_os_string(),
+                    "--agent-socket".into(),
+                    sock.into_os_string(),
+                ],
+                env: vec![],
+                log: dir.join("forwarder.log"),
+                cwd: dir.to_path_buf(),
+            },
+        ];
+        for spec in specs {
+            let what = spec.what.clone();
+            let step = format!("start {what} {}", spec.program.display());
+            let ns = Arc::clone(&ns);
+            let p = joined(
+                tokio::task::spawn_blocking({
+                    let step = step.clone();
+                    move || {
+                        process::spawn_in(&spec, &ns)
+                            .map_err(|source| Error::Spawn { step, source })
+                    }
+                })
+                .await,
+                &step,
+            )?;
+            tracing::debug!(instance = %meta.id, what = %p.what, pid = p.pid, "started");
+            meta.processes.push(p);
+            state::save(dir, meta).step(format!("record the {what} process"))?;
+        }
         Ok(())
     }
 
-    /// Removes everything of one instance; each step tolerates "already gone".
-    async fn destroy(&self, m: &Meta) -> Result<(), ProviderError> {
-        for p in &m.processes {
-            p.stop(STOP_GRACE).await;
+    /// Removes what an instance owns (all of it, or for a failed create
+    /// what `made` says); each step tolerates "already gone", and every
+    /// step runs even when one fails. The record is removed only when
+    /// everything else went, so a failed delete can be retried.
+    async fn teardown(&self, m: &Meta, made: Made) -> Result<(), Error> {
+        let mut first: Option<Error> = None;
+        let mut note = |r: Result<(), Error>| {
+            if let Err(e) = r {
+                tracing::warn!(instance = %m.id, error = %e, "teardown step failed");
+                first.get_or_insert(e);
+            }
+        };
+
+        // Processes: the recorded ones (pid + start time checked) and
+        // anything else inside the namespace (started but not recorded
+        // before a crash, or children of ours).
+        let mut targets: Vec<process::Target> = m
+            .processes
+            .iter()
+            .filter_map(process::Target::recorded)
+            .collect();
+        if made.netns {
+            if let Some(ns) = netns::identity(&m.netns) {
+                for t in process::in_netns(ns) {
+                    if !targets.iter().any(|o| o.pid == t.pid) {
+                        targets.push(t);
+                    }
+                }
+            }
         }
-        let h = link::connect().map_err(link_err)?;
-        link::delete(&h, &m.veth).await.map_err(link_err)?;
-        let ns = m.netns.clone();
-        tokio::task::spawn_blocking(move || netns::remove(&ns))
-            .await
-            .map_err(|e| perr(ErrorKind::Transient, e.to_string()))?
-            .map_err(io_step(&format!("remove network namespace {}", m.netns)))?;
+        let left = process::stop_all(targets, STOP_GRACE).await;
+        note(if left.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Io {
+                step: format!("stop the processes of {}", m.id),
+                source: std::io::Error::other(format!("still running after SIGKILL: {left:?}")),
+            })
+        });
+
+        let h = link::connect();
+        if made.veth {
+            note(match &h {
+                Ok(h) => link::delete(h, &m.veth).await.map_err(Error::from),
+                Err(e) => Err(Error::Io {
+                    step: format!("delete veth {}", m.veth),
+                    source: std::io::Error::other(e.to_string()),
+                }),
+            });
+        }
+        if made.netns {
+            let ns = m.netns.clone();
+            let step = format!("remove network namespace {ns}");
+            note(joined(
+                tokio::task::spawn_blocking({
+                    let step = step.clone();
+                    move || netns::remove(&ns).step(step)
+                })
+                .await,
+                &step,
+            ));
+        }
+        if let Some(e) = first {
+            return Err(e);
+        }
+
         let dir = self.dir(&m.id);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_step(&format!("remove {}", dir.display()))(e))
+                return Err(Error::Io {
+                    step: format!("remove {}", dir.display()),
+                    source: e,
+                })
             }
             _ => {}
         }
-        if state::load_all(&self.cfg.state_dir)
+
+        // The bridge goes with the last instance on it.
+        let others = state::load_all(&self.cfg.state_dir)
             .iter()
-            .all(|o| o.bridge != m.bridge)
-        {
-            link::delete(&h, &m.bridge).await.map_err(link_err)?;
+            .any(|o| o.bridge == m.bridge);
+        if !others {
+            let h = h?;
+            link::delete_bridge_if_unused(&h, &m.bridge).await?;
         }
         Ok(())
+    }
+
+    /// Addresses of the subnet held by links other than our bridge: they
+    /// would clash with the instances' routes.
+    async fn subnet_clashes(&self) -> Result<Vec<String>, Error> {
+        use futures::TryStreamExt;
+        use netlink_packet_route::address::AddressAttribute;
+        let h = link::connect()?;
+        let bridge = link::index_of(&h, &self.cfg.bridge).await?;
+        let mut addrs = h.address().get().execute();
+        let mut out = Vec::new();
+        let net = self.cfg.subnet.octets();
+        while let Some(a) = addrs.try_next().await.map_err(|e| link::LinkError {
+            step: "list addresses".into(),
+            detail: e.to_string(),
+            errno: None,
+        })? {
+            if Some(a.header.index) == bridge {
+                continue;
+            }
+            for attr in &a.attributes {
+                if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr {
+                    if ip.octets()[..3] == net[..3] {
+                        out.push(format!("{ip} on link #{}", a.header.index));
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -267,26 +486,24 @@ impl Provider for LocalProvider {
         let _g = self.lock.lock().await;
         let existing = state::load_all(&self.cfg.state_dir);
         let index = self.free_index(&existing).ok_or_else(|| {
-            perr(
-                ErrorKind::InsufficientCapacity,
-                format!("all 253 addresses of {}/24 are in use", self.cfg.subnet),
-            )
+            Error::Full(format!(
+                "all 253 instance addresses of {}/24 are in use",
+                self.cfg.subnet
+            ))
         })?;
-        let id = random_id();
+        let id = loop {
+            let id = state::random_id();
+            if !self.dir(&id).exists() && !netns::path(&format!("pplocal-{id}")).exists() {
+                break id;
+            }
+        };
         let dir = self.dir(&id);
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(io_step("create the instance directory"))?;
-        }
+        state::create_dir(&dir).step(format!("create {}", dir.display()))?;
         let mut meta = Meta {
             id: id.clone(),
             name: req.name.clone(),
             tags: req.all_tags(),
-            ip: self.cfg.host_ip(index),
+            ip: self.cfg.ip(index),
             netns: format!("pplocal-{id}"),
             veth: format!("ppl{}", &id[1..]),
             bridge: self.cfg.bridge.clone(),
@@ -294,25 +511,33 @@ impl Provider for LocalProvider {
             created_at: now_secs(),
         };
         // Recorded before anything is made, so nothing can be orphaned.
-        state::save(&dir, &meta).map_err(io_step("record the instance"))?;
-        if let Err(e) = self.build(&mut meta, &dir, &req.user_data).await {
-            tracing::warn!(instance = %id, error = %e, "create failed; removing what was made");
-            if let Err(undo) = self.destroy(&meta).await {
-                tracing::error!(instance = %id, error = %undo, "cleanup after a failed create failed");
-            }
-            return Err(e);
+        if let Err(e) = state::save(&dir, &meta).step("record the instance") {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.into());
         }
-        tracing::info!(instance = %id, name = %meta.name, ip = %meta.ip, "local instance started");
-        Ok(Instance {
-            id,
-            name: meta.name,
-            ips: vec![meta.ip.into()],
-            tags: meta.tags,
-        })
+        let mut made = Made::default();
+        if let Err(e) = self.build(&mut meta, &dir, req.user_data, &mut made).await {
+            tracing::warn!(instance = %id, error = %e, "create failed; removing what was made");
+            if let Err(undo) = self.teardown(&meta, made).await {
+                tracing::error!(instance = %id, error = %undo,
+                    "cleanup after a failed create failed; the instance stays listed for a later delete");
+            }
+            return Err(e.into_provider_error(Some(&format!("instance {id}"))));
+        }
+        tracing::info!(instance = %id, name = %meta.name, ip = %meta.ip, netns = %meta.netns,
+            "local instance started");
+        Ok(instance(meta))
     }
 
     async fn delete_instance(&self, instance_id: &str) -> Result<(), ProviderError> {
         check_instance_id(instance_id)?;
+        if !state::valid_id(instance_id) {
+            tracing::debug!(
+                instance = instance_id,
+                "delete: not a local instance id (nothing to do)"
+            );
+            return Ok(());
+        }
         let _g = self.lock.lock().await;
         let Some(m) = state::load_all(&self.cfg.state_dir)
             .into_iter()
@@ -324,7 +549,9 @@ impl Provider for LocalProvider {
             );
             return Ok(());
         };
-        self.destroy(&m).await?;
+        self.teardown(&m, Made::ALL)
+            .await
+            .map_err(|e| e.into_provider_error(Some(&format!("delete instance {instance_id}"))))?;
         tracing::info!(instance = instance_id, "local instance deleted");
         Ok(())
     }
@@ -333,43 +560,171 @@ impl Provider for LocalProvider {
         Ok(state::load_all(&self.cfg.state_dir)
             .into_iter()
             .filter(|m| owner.matches(&m.tags))
-            .map(|m| Instance {
-                id: m.id,
-                name: m.name,
-                ips: vec![m.ip.into()],
-                tags: m.tags,
-            })
+            .map(instance)
             .collect())
     }
 
     async fn verify(&self) -> Result<Vec<String>, ProviderError> {
+        let mut lines = Vec::new();
         self.check_binaries()?;
-        if !nix::unistd::geteuid().is_root() {
-            return Err(perr(
-                ErrorKind::PermissionDenied,
-                "the local provider creates network namespaces and links: run as root",
-            ));
+        lines.push(format!(
+            "forwarder binary {} is executable",
+            self.cfg.forwarder_bin.display()
+        ));
+        lines.push(format!(
+            "kata-agent binary {} is executable",
+            self.cfg.agent_bin.display()
+        ));
+        lines.push(privileges()?);
+        let inst = state::instances_dir(&self.cfg.state_dir);
+        std::fs::create_dir_all(&inst)
+            .step(format!("create state directory {}", inst.display()))?;
+        let n = state::load_all(&self.cfg.state_dir).len();
+        lines.push(format!(
+            "state directory {} is writable ({n} instances recorded)",
+            self.cfg.state_dir.display()
+        ));
+        let clashes = self.subnet_clashes().await?;
+        if !clashes.is_empty() {
+            return Err(Error::Config(format!(
+                "subnet {}/24 is already used on this host ({}): choose another",
+                self.cfg.subnet,
+                clashes.join(", ")
+            ))
+            .into());
         }
-        Ok(vec![
-            format!("forwarder binary {}", self.cfg.forwarder_bin.display()),
-            format!("kata-agent binary {}", self.cfg.agent_bin.display()),
-            format!(
-                "running as root; instances on bridge {} in {}/24",
-                self.cfg.bridge, self.cfg.subnet
-            ),
-        ])
+        lines.push(format!(
+            "instances on bridge {} in {}/24 (no other link uses that subnet)",
+            self.cfg.bridge, self.cfg.subnet
+        ));
+        Ok(lines)
     }
 
     async fn console_tail(&self, instance_id: &str) -> Option<String> {
+        if !state::valid_id(instance_id) {
+            return None;
+        }
         let dir = self.dir(instance_id);
         let mut out = String::new();
         for log in ["forwarder.log", "agent.log"] {
-            if let Ok(s) = std::fs::read_to_string(dir.join(log)) {
-                let lines: Vec<&str> = s.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(10)..];
-                out.push_str(&format!("--- {log}\n{}\n", tail.join("\n")));
+            if let Some(t) = tail(&dir.join(log), TAIL_LINES) {
+                out.push_str(&format!("--- {log}\n{t}\n"));
             }
         }
         (!out.is_empty()).then_some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path) -> LocalConfig {
+        let mut c = LocalConfig::with_defaults(dir.join("state"));
+        c.bridge = "ppltest".into();
+        c
+    }
+
+    #[test]
+    fn config_is_checked() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(LocalProvider::new(cfg(d.path())).is_ok());
+        for bad in ["", "a-bridge-name-too-long", "a/b", "a b", "a:b"] {
+            let mut c = cfg(d.path());
+            c.bridge = bad.into();
+            let e = LocalProvider::new(c).err().unwrap();
+            assert_eq!(
+                e.kind,
+                peerpod_provider_api::ErrorKind::InvalidConfig,
+                "{bad}"
+            );
+        }
+        let mut c = cfg(d.path());
+        c.subnet = Ipv4Addr::new(10, 0, 0, 5);
+        assert!(LocalProvider::new(c).is_err());
+        let mut c = cfg(d.path());
+        c.state_dir = d.path().join("x".repeat(100));
+        let e = LocalProvider::new(c).err().unwrap();
+        assert!(e.message.contains("too long"), "{e}");
+        // Relative paths become absolute (children run elsewhere).
+        let mut c = cfg(d.path());
+        c.state_dir = "rel/state".into();
+        let p = LocalProvider::new(c).unwrap();
+        assert!(p.config().state_dir.is_absolute());
+        assert_eq!(p.name(), "local");
+    }
+
+    #[test]
+    fn defaults() {
+        let c = LocalConfig::with_defaults("/var/lib/peerpod/local");
+        assert_eq!(c.bridge, "pplocal0");
+        assert_eq!(c.subnet, Ipv4Addr::new(10, 213, 0, 0));
+        assert_eq!(c.gateway(), Ipv4Addr::new(10, 213, 0, 1));
+        assert!(c.agent_bin.ends_with("kata-agent-double"));
+        assert!(c.forwarder_bin.ends_with("agent-protocol-forwarder"));
+    }
+
+    #[test]
+    fn smallest_free_address() {
+        let d = tempfile::tempdir().unwrap();
+        let p = LocalProvider::new(cfg(d.path())).unwrap();
+        let m = |last: u8| Meta {
+            id: "l0000000000".into(),
+            name: String::new(),
+            tags: Default::default(),
+            ip: Ipv4Addr::new(10, 213, 0, last),
+            netns: String::new(),
+            veth: String::new(),
+            bridge: String::new(),
+            processes: vec![],
+            created_at: 0,
+        };
+        assert_eq!(p.free_index(&[]), Some(2));
+        assert_eq!(p.free_index(&[m(2), m(4)]), Some(3));
+        let full: Vec<Meta> = (2..=254).map(m).collect();
+        assert_eq!(p.free_index(&full), None);
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("log");
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&f, text).unwrap();
+        let t = tail(&f, 3).unwrap();
+        assert_eq!(t, "line 97\nline 98\nline 99");
+        let big: String = (0..20000).map(|i| format!("entry {i}\n")).collect();
+        std::fs::write(&f, big).unwrap();
+        assert!(tail(&f, 2).unwrap().ends_with("entry 19999"));
+        assert!(tail(&d.path().join("none"), 2).is_none());
+    }
+
+    #[tokio::test]
+    async fn console_tail_reads_both_logs_and_rejects_odd_ids() {
+        let d = tempfile::tempdir().unwrap();
+        let p = LocalProvider::new(cfg(d.path())).unwrap();
+        let dir = p.dir("l00000000ab");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("forwarder.log"), "listening on :15150\n").unwrap();
+        std::fs::write(dir.join("agent.log"), "agent up\n").unwrap();
+        let t = p.console_tail("l00000000ab").await.unwrap();
+        assert!(t.contains("--- forwarder.log\nlistening on :15150"), "{t}");
+        assert!(t.contains("--- agent.log\nagent up"), "{t}");
+        assert!(p.console_tail("../../etc").await.is_none());
+        assert!(p.console_tail("l00000000ff").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn missing_binaries_and_foreign_ids() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cfg(d.path());
+        c.forwarder_bin = d.path().join("no-forwarder");
+        let p = LocalProvider::new(c).unwrap();
+        let e = p.verify().await.unwrap_err();
+        assert_eq!(e.kind, peerpod_provider_api::ErrorKind::InvalidConfig);
+        assert!(e.message.contains("no-forwarder"), "{e}");
+        // Not ids of ours: nothing to delete.
+        p.delete_instance("i-0abc").await.unwrap();
+        assert!(p.delete_instance(" ").await.is_err());
     }
 }

@@ -1,9 +1,11 @@
-//! The links of the local provider, through rtnetlink: the host bridge,
-//! one veth pair per instance (host end on the bridge, peer moved into the
-//! instance's namespace as `eth0` with its address).
+//! The links of the local provider, through rtnetlink (no `ip` commands):
+//! the host bridge, one veth pair per instance (host end on the bridge,
+//! peer moved into the instance's namespace, renamed `eth0` and given its
+//! address, a default route via the bridge and `lo` up).
 
 use futures::TryStreamExt;
-use rtnetlink::{new_connection, Handle, LinkBridge, LinkUnspec, LinkVeth};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::{new_connection, Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
@@ -13,24 +15,32 @@ use std::os::fd::AsRawFd;
 pub struct LinkError {
     pub step: String,
     pub detail: String,
+    /// The kernel's errno, when the kernel refused.
+    pub errno: Option<i32>,
+}
+
+impl LinkError {
+    fn new(step: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            step: step.into(),
+            detail: detail.into(),
+            errno: None,
+        }
+    }
 }
 
 fn err(step: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> LinkError {
     let step = step.into();
-    move |e| LinkError {
-        step,
-        detail: match &e {
-            rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
-            other => other.to_string(),
-        },
-    }
-}
-
-fn io_err(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> LinkError {
-    let step = step.into();
-    move |e| LinkError {
-        step,
-        detail: e.to_string(),
+    move |e| match &e {
+        rtnetlink::Error::NetlinkError(m) => {
+            let io = m.to_io();
+            LinkError {
+                step,
+                errno: io.raw_os_error(),
+                detail: io.to_string(),
+            }
+        }
+        other => LinkError::new(step, other.to_string()),
     }
 }
 
@@ -38,22 +48,52 @@ fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
 }
 
-/// A netlink connection in the calling thread's namespace.
+/// A netlink connection in the calling thread's network namespace. Must be
+/// called inside a tokio runtime (the connection runs as a task on it).
 pub fn connect() -> Result<Handle, LinkError> {
-    let (conn, handle, _) = new_connection().map_err(io_err("open netlink socket"))?;
+    let (conn, handle, _) = new_connection().map_err(|e| LinkError {
+        step: "open netlink socket".into(),
+        errno: e.raw_os_error(),
+        detail: e.to_string(),
+    })?;
     tokio::spawn(conn);
     Ok(handle)
 }
 
-/// The index of link `name`, if it exists.
-pub async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>, LinkError> {
+async fn get(h: &Handle, name: &str) -> Result<Option<LinkMessage>, LinkError> {
     let mut links = h.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
-        Ok(Some(l)) => Ok(Some(l.header.index)),
-        Ok(None) => Ok(None),
+        Ok(l) => Ok(l),
         Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
         Err(e) => Err(err(format!("look up link {name}"))(e)),
     }
+}
+
+/// The index of link `name`, if it exists.
+pub async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>, LinkError> {
+    Ok(get(h, name).await?.map(|l| l.header.index))
+}
+
+fn is_bridge(l: &LinkMessage) -> bool {
+    l.attributes.iter().any(|a| {
+        matches!(a, LinkAttribute::LinkInfo(infos)
+            if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))))
+    })
+}
+
+/// How many links have the link `index` as their controller (bridge ports).
+pub async fn port_count(h: &Handle, index: u32) -> Result<usize, LinkError> {
+    let mut links = h.link().get().execute();
+    let mut n = 0;
+    while let Some(l) = links.try_next().await.map_err(err("list links"))? {
+        if l.attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == index))
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 async fn add_address(h: &Handle, index: u32, ip: Ipv4Addr, what: &str) -> Result<(), LinkError> {
@@ -64,48 +104,85 @@ async fn add_address(h: &Handle, index: u32, ip: Ipv4Addr, what: &str) -> Result
     }
 }
 
-/// Makes sure the bridge exists, is up and carries `ip`/24.
-pub async fn ensure_bridge(h: &Handle, name: &str, ip: Ipv4Addr) -> Result<u32, LinkError> {
-    let index = match index_of(h, name).await? {
-        Some(i) => i,
-        None => {
-            match h.link().add(LinkBridge::new(name).build()).execute().await {
-                Ok(()) => {}
-                Err(e) if is_errno(&e, libc::EEXIST) => {}
-                Err(e) => return Err(err(format!("create bridge {name}"))(e)),
-            }
-            index_of(h, name).await?.ok_or_else(|| LinkError {
-                step: format!("create bridge {name}"),
-                detail: "created but not found".into(),
-            })?
-        }
-    };
-    add_address(h, index, ip, name).await?;
+async fn up(h: &Handle, index: u32, what: &str) -> Result<(), LinkError> {
     h.link()
         .set(LinkUnspec::new_with_index(index).up().build())
         .execute()
         .await
-        .map_err(err(format!("bring bridge {name} up")))?;
+        .map_err(err(format!("bring {what} up")))
+}
+
+/// Makes sure the bridge exists, is up and carries `ip`/24; returns its
+/// index. A link of that name that is not a bridge is an error (and is
+/// left alone).
+pub async fn ensure_bridge(h: &Handle, name: &str, ip: Ipv4Addr) -> Result<u32, LinkError> {
+    let index = match get(h, name).await? {
+        Some(l) if is_bridge(&l) => l.header.index,
+        Some(_) => {
+            return Err(LinkError::new(
+                format!("create bridge {name}"),
+                "a link of that name exists and is not a bridge",
+            ))
+        }
+        None => {
+            match h.link().add(LinkBridge::new(name).build()).execute().await {
+                Ok(()) => tracing::info!(bridge = name, "created host bridge"),
+                Err(e) if is_errno(&e, libc::EEXIST) => {}
+                Err(e) => return Err(err(format!("create bridge {name}"))(e)),
+            }
+            index_of(h, name).await?.ok_or_else(|| {
+                LinkError::new(format!("create bridge {name}"), "created but not found")
+            })?
+        }
+    };
+    add_address(h, index, ip, name).await?;
+    up(h, index, &format!("bridge {name}")).await?;
     Ok(index)
 }
 
-/// Creates the veth pair, puts `host` on the bridge (up) and moves `peer`
-/// into the namespace behind `netns`.
-pub async fn create_veth(
+/// Deletes the bridge `name` if it is a bridge without ports; returns
+/// whether it did. An absent link is not an error.
+pub async fn delete_bridge_if_unused(h: &Handle, name: &str) -> Result<bool, LinkError> {
+    let Some(l) = get(h, name).await? else {
+        return Ok(false);
+    };
+    if !is_bridge(&l) || port_count(h, l.header.index).await? > 0 {
+        return Ok(false);
+    }
+    match h.link().del(l.header.index).execute().await {
+        Ok(()) => {
+            tracing::info!(bridge = name, "removed host bridge (no instances left)");
+            Ok(true)
+        }
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(false),
+        Err(e) => Err(err(format!("delete bridge {name}"))(e)),
+    }
+}
+
+/// Creates the veth pair `host`/`peer`. Separate from [`attach_veth`] so
+/// the caller knows, should a later step fail, that the pair is its own.
+pub async fn create_veth(h: &Handle, host: &str, peer: &str) -> Result<(), LinkError> {
+    h.link()
+        .add(LinkVeth::new(host, peer).build())
+        .execute()
+        .await
+        .map_err(err(format!("create veth {host}")))
+}
+
+/// Moves `peer` into the namespace behind `netns`, puts `host` on the
+/// bridge and brings it up.
+pub async fn attach_veth(
     h: &Handle,
     host: &str,
     peer: &str,
     bridge_index: u32,
     netns: &std::fs::File,
 ) -> Result<(), LinkError> {
-    h.link()
-        .add(LinkVeth::new(host, peer).build())
-        .execute()
-        .await
-        .map_err(err(format!("create veth {host}")))?;
-    let peer_index = index_of(h, peer).await?.ok_or_else(|| LinkError {
-        step: format!("create veth {host}"),
-        detail: format!("peer {peer} not found"),
+    let peer_index = index_of(h, peer).await?.ok_or_else(|| {
+        LinkError::new(
+            format!("create veth {host}"),
+            format!("peer {peer} not found"),
+        )
     })?;
     h.link()
         .set(
@@ -116,10 +193,9 @@ pub async fn create_veth(
         .execute()
         .await
         .map_err(err(format!("move {peer} into the instance namespace")))?;
-    let host_index = index_of(h, host).await?.ok_or_else(|| LinkError {
-        step: format!("create veth {host}"),
-        detail: "host end vanished".into(),
-    })?;
+    let host_index = index_of(h, host)
+        .await?
+        .ok_or_else(|| LinkError::new(format!("attach veth {host}"), "host end vanished"))?;
     h.link()
         .set(
             LinkUnspec::new_with_index(host_index)
@@ -133,43 +209,39 @@ pub async fn create_veth(
     Ok(())
 }
 
-/// Inside the instance namespace (call on a thread that entered it):
-/// renames `peer` to `eth0`, gives it `ip`/24, brings it and `lo` up.
-pub fn configure_inside(peer: &str, ip: Ipv4Addr) -> Result<(), LinkError> {
+/// Inside the instance namespace (call on a thread that entered it; it
+/// runs its own single-threaded runtime): renames `peer` to `eth0`, gives
+/// it `ip`/24, brings it and `lo` up and routes everything else via
+/// `gateway` (the bridge), as a cloud VM's network is set up.
+pub fn configure_inside(peer: &str, ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), LinkError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(io_err("start netlink runtime"))?;
-    let peer = peer.to_string();
+        .map_err(|e| LinkError::new("start netlink runtime", e.to_string()))?;
     rt.block_on(async move {
         let h = connect()?;
-        let idx = index_of(&h, &peer).await?.ok_or_else(|| LinkError {
-            step: "configure eth0".into(),
-            detail: format!("{peer} not in the namespace"),
+        let idx = index_of(&h, peer).await?.ok_or_else(|| {
+            LinkError::new("configure eth0", format!("{peer} not in the namespace"))
         })?;
         h.link()
-            .set(
-                LinkUnspec::new_with_index(idx)
-                    .name("eth0".to_string())
-                    .build(),
-            )
+            .set(LinkUnspec::new_with_index(idx).name("eth0").build())
             .execute()
             .await
             .map_err(err("rename the instance's interface to eth0"))?;
         add_address(&h, idx, ip, "eth0").await?;
-        h.link()
-            .set(LinkUnspec::new_with_index(idx).up().build())
-            .execute()
-            .await
-            .map_err(err("bring eth0 up"))?;
+        up(&h, idx, "eth0").await?;
         if let Some(lo) = index_of(&h, "lo").await? {
-            h.link()
-                .set(LinkUnspec::new_with_index(lo).up().build())
-                .execute()
-                .await
-                .map_err(err("bring lo up"))?;
+            up(&h, lo, "lo").await?;
         }
-        Ok(())
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(idx)
+            .build();
+        match h.route().add(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(err(format!("add default route via {gateway}"))(e)),
+        }
     })
 }
 

@@ -1,11 +1,14 @@
 //! Named network namespaces under `/run/netns` (so `ip netns` lists them),
-//! made and entered on dedicated OS threads: `unshare`/`setns` change the
-//! calling *thread's* namespace, which must never be a tokio worker.
+//! made without shelling out: a dedicated OS thread `unshare`s a new
+//! network namespace and bind-mounts `/proc/thread-self/ns/net` onto
+//! `/run/netns/<name>`, then exits. `unshare`/`setns` change the calling
+//! *thread's* namespace, so they never run on a tokio worker.
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 pub const NETNS_DIR: &str = "/run/netns";
@@ -13,6 +16,16 @@ pub const NETNS_DIR: &str = "/run/netns";
 /// The bind-mount path of a named namespace.
 pub fn path(name: &str) -> PathBuf {
     PathBuf::from(NETNS_DIR).join(name)
+}
+
+fn check_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad namespace name {name:?}"),
+        ));
+    }
+    Ok(())
 }
 
 fn on_thread<R: Send + 'static>(
@@ -26,7 +39,9 @@ fn on_thread<R: Send + 'static>(
 }
 
 /// Creates the namespace `name` (blocking; call from `spawn_blocking`).
+/// Fails if it exists already.
 pub fn create(name: &str) -> io::Result<()> {
+    check_name(name)?;
     std::fs::create_dir_all(NETNS_DIR)?;
     let target = path(name);
     std::fs::OpenOptions::new()
@@ -51,12 +66,12 @@ pub fn create(name: &str) -> io::Result<()> {
     made
 }
 
-/// Removes the namespace `name`; an absent one is not an error.
+/// Removes the namespace `name`: lazy unmount and unlink; an absent or
+/// never-mounted one is not an error. (The kernel frees the namespace
+/// once no process and no link holds it.)
 pub fn remove(name: &str) -> io::Result<()> {
+    check_name(name)?;
     let target = path(name);
-    if !target.exists() {
-        return Ok(());
-    }
     match umount2(&target, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
         Err(e) => return Err(e.into()),
@@ -69,7 +84,22 @@ pub fn remove(name: &str) -> io::Result<()> {
 
 /// Opens the namespace (for `setns` in a child or moving a link into it).
 pub fn open(name: &str) -> io::Result<File> {
+    check_name(name)?;
     File::open(path(name))
+}
+
+/// The identity (device, inode) of the namespace mounted at
+/// `/run/netns/<name>`, if it is mounted: what `/proc/<pid>/ns/net` of a
+/// process inside it resolves to.
+pub fn identity(name: &str) -> Option<(u64, u64)> {
+    check_name(name).ok()?;
+    let ns = std::fs::metadata(path(name)).ok()?;
+    // An unmounted placeholder is a plain file on the /run file system.
+    let dir = std::fs::metadata(NETNS_DIR).ok()?;
+    if ns.dev() == dir.dev() {
+        return None;
+    }
+    Some((ns.dev(), ns.ino()))
 }
 
 /// Runs `f` on a fresh thread that has entered the namespace `name`.
@@ -82,4 +112,60 @@ pub fn run_in<R: Send + 'static>(
         setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
         f()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_escape_the_netns_dir() {
+        for bad in ["", "a/b", "..", "."] {
+            assert!(create(bad).is_err());
+            assert!(remove(bad).is_err());
+            assert!(open(bad).is_err());
+            assert!(identity(bad).is_none());
+        }
+    }
+
+    #[test]
+    fn removing_an_absent_namespace_is_fine() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root");
+            return;
+        }
+        remove("pplocal-lnever00000").unwrap();
+    }
+
+    #[test]
+    fn create_enter_remove() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root (network namespaces)");
+            return;
+        }
+        /// Removes the namespace should the test fail half-way.
+        struct Guard(String);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = remove(&self.0);
+            }
+        }
+        let name = format!("pplocal-t{:08x}", rand::random::<u32>());
+        let _guard = Guard(name.clone());
+        create(&name).unwrap();
+        let id = identity(&name).expect("mounted");
+        // A thread inside sees the namespace's identity as its own.
+        let seen = run_in(&name, || {
+            let m = std::fs::metadata("/proc/thread-self/ns/net")?;
+            Ok((m.dev(), m.ino()))
+        });
+        let host = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        remove(&name).unwrap();
+        assert_eq!(seen.unwrap(), id);
+        assert_ne!(id.1, host, "a namespace of its own");
+        assert!(!path(&name).exists());
+        assert!(identity(&name).is_none());
+        assert!(create(&name).is_ok(), "the name is free again");
+        remove(&name).unwrap();
+    }
 }

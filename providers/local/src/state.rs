@@ -1,5 +1,6 @@
 //! One directory per instance, `<state dir>/instances/<id>/`, holding
-//! `meta.json` (written crash-safe, first thing at create, so even a
+//! `meta.json` (written crash-safe — temp file, fsync, rename — first
+//! thing at create, before any namespace or link exists, so even a
 //! half-made instance is found by `list` and removed by `delete`), the
 //! forwarder's `user-data` (0600: it carries a TLS key) and process logs.
 
@@ -16,13 +17,34 @@ pub struct Meta {
     pub name: String,
     pub tags: BTreeMap<String, String>,
     pub ip: Ipv4Addr,
+    /// Name of the network namespace (`pplocal-<id>`).
     pub netns: String,
+    /// Host end of the veth pair (`ppl<id without the l>`).
     pub veth: String,
     /// The bridge the veth hangs on.
     pub bridge: String,
+    /// Processes started so far (recorded right after each start).
     #[serde(default)]
     pub processes: Vec<ProcRef>,
+    /// Seconds since the Unix epoch.
     pub created_at: u64,
+}
+
+/// An instance id: `l` and 10 lowercase hex digits.
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 11
+        && id.starts_with('l')
+        && id[1..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A fresh random instance id.
+pub fn random_id() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let n: u64 = rng.random_range(0..(1u64 << 40));
+    format!("l{n:010x}")
 }
 
 pub fn instances_dir(state_dir: &Path) -> PathBuf {
@@ -31,24 +53,51 @@ pub fn instances_dir(state_dir: &Path) -> PathBuf {
 
 pub use peerpod_provider_api::persist::write_atomic;
 
+/// Records `m` in `dir/meta.json`, crash-safe.
 pub fn save(dir: &Path, m: &Meta) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(m).map_err(std::io::Error::other)?;
     write_atomic(&dir.join("meta.json"), &bytes, 0o600)
 }
 
-/// Every instance on disk; unreadable entries are logged and skipped.
+/// Creates the instance directory (0700, parents as needed); fails if it
+/// exists.
+pub fn create_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
+/// Every instance on disk, oldest first. Entries whose name is not an
+/// instance id or whose record is unreadable or names another id are
+/// logged and skipped.
 pub fn load_all(state_dir: &Path) -> Vec<Meta> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(instances_dir(state_dir)) else {
         return out;
     };
     for e in rd.flatten() {
+        let Some(dir_name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if !valid_id(&dir_name) {
+            continue;
+        }
         let p = e.path().join("meta.json");
         match std::fs::read(&p).map(|b| serde_json::from_slice::<Meta>(&b)) {
-            Ok(Ok(m)) => out.push(m),
+            Ok(Ok(m)) if m.id == dir_name => out.push(m),
+            Ok(Ok(m)) => {
+                tracing::warn!(path = %p.display(), id = %m.id, "instance record names another id; skipped")
+            }
             Ok(Err(err)) => {
                 tracing::warn!(path = %p.display(), error = %err, "unreadable instance record")
             }
+            // A directory made by a create that crashed before its first
+            // write holds nothing else: nothing to list or clean up.
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
                 tracing::warn!(path = %p.display(), error = %err, "unreadable instance record")
@@ -57,4 +106,68 @@ pub fn load_all(state_dir: &Path) -> Vec<Meta> {
     }
     out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: &str) -> Meta {
+        Meta {
+            id: id.into(),
+            name: "podvm-x".into(),
+            tags: BTreeMap::from([("peerpod-node".to_string(), "n".to_string())]),
+            ip: Ipv4Addr::new(10, 213, 0, 2),
+            netns: format!("pplocal-{id}"),
+            veth: format!("ppl{}", &id[1..]),
+            bridge: "pplocal0".into(),
+            processes: vec![],
+            created_at: 1,
+        }
+    }
+
+    #[test]
+    fn ids() {
+        for _ in 0..100 {
+            let id = random_id();
+            assert!(valid_id(&id), "{id}");
+            assert!(format!("ppl{}", &id[1..]).len() <= 15);
+        }
+        for bad in [
+            "",
+            "l",
+            "l012345678",
+            "l0123456789a",
+            "x0123456789",
+            "l0123456789".replace('0', "G").as_str(),
+            "l../../etc/",
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+        assert!(valid_id("l0123456789"));
+    }
+
+    #[test]
+    fn save_and_load_skip_strangers() {
+        let d = tempfile::tempdir().unwrap();
+        let inst = instances_dir(d.path());
+        let a = meta("l00000000aa");
+        create_dir(&inst.join(&a.id)).unwrap();
+        save(&inst.join(&a.id), &a).unwrap();
+        // A record copied under another id, a foreign dir, a broken record
+        // and an empty dir (crash before the first write).
+        create_dir(&inst.join("l00000000bb")).unwrap();
+        save(&inst.join("l00000000bb"), &a).unwrap();
+        create_dir(&inst.join("notes")).unwrap();
+        create_dir(&inst.join("l00000000cc")).unwrap();
+        std::fs::write(inst.join("l00000000cc/meta.json"), "{").unwrap();
+        create_dir(&inst.join("l00000000dd")).unwrap();
+        assert_eq!(load_all(d.path()), vec![a.clone()]);
+        assert!(create_dir(&inst.join(&a.id)).is_err(), "exists already");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(inst.join(&a.id)), 0o700);
+        assert_eq!(mode(inst.join(&a.id).join("meta.json")), 0o600);
+        assert!(load_all(&d.path().join("absent")).is_empty());
+    }
 }
