@@ -208,6 +208,43 @@ async fn read_frame<R: AsyncRead + Unpin>(
     Ok(())
 }
 
+/// What the next frame on a connection turned out to be.
+enum Next {
+    /// A frame within the limit, in the buffer (header included).
+    Frame(FrameHeader),
+    /// A frame over the limit; its payload has been read past.
+    Oversized(FrameHeader),
+    /// The peer closed the connection between frames.
+    Closed,
+}
+
+/// Reads the next frame into `buf`, or reads past it when its payload is
+/// over `max` (both directions enforce the limit the same way).
+async fn next_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: u32,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Next> {
+    let Some(h) = read_header(r).await? else {
+        return Ok(Next::Closed);
+    };
+    if h.length > max {
+        discard(r, h.length).await?;
+        return Ok(Next::Oversized(h));
+    }
+    read_frame(r, &h, buf).await?;
+    Ok(Next::Frame(h))
+}
+
+/// The error answer for a refused oversized request or response.
+fn oversized_answer(what: &str, h: &FrameHeader, max: u32) -> Vec<u8> {
+    let msg = format!(
+        "{what} of {} bytes exceeds the relay's frame limit of {max} bytes",
+        h.length
+    );
+    error_frame(h.stream_id, Code::RESOURCE_EXHAUSTED, &msg)
+}
+
 /// Downstream → upstream: requests (and stream data) from the caller.
 async fn requests<D, U>(
     down_r: ReadHalf<D>,
@@ -223,32 +260,24 @@ where
     let mut buf = Vec::new();
     let max = shared.opts.max_payload;
     loop {
-        let h = match read_header(&mut r).await {
-            Ok(Some(h)) => h,
-            Ok(None) => return End::DownClosed,
+        let h = match next_frame(&mut r, max, &mut buf).await {
+            Ok(Next::Frame(h)) => h,
+            Ok(Next::Closed) => return End::DownClosed,
+            Ok(Next::Oversized(h)) => {
+                tracing::warn!(label = %shared.opts.label, stream = h.stream_id, bytes = h.length, limit = max,
+                    "refused an oversized frame from the caller");
+                if h.kind == MessageType::Request {
+                    if let Err(e) = shared
+                        .write_down(&oversized_answer("request", &h, max))
+                        .await
+                    {
+                        return End::DownErr(e);
+                    }
+                }
+                continue;
+            }
             Err(e) => return End::DownErr(e),
         };
-        if h.length > max {
-            tracing::warn!(label = %shared.opts.label, stream = h.stream_id, bytes = h.length, limit = max,
-                "refusing an oversized frame from the caller");
-            if let Err(e) = discard(&mut r, h.length).await {
-                return End::DownErr(e);
-            }
-            if h.kind == MessageType::Request {
-                let msg = format!(
-                    "request of {} bytes exceeds the relay's frame limit of {} bytes",
-                    h.length, max
-                );
-                let f = error_frame(h.stream_id, Code::RESOURCE_EXHAUSTED, &msg);
-                if let Err(e) = shared.write_down(&f).await {
-                    return End::DownErr(e);
-                }
-            }
-            continue;
-        }
-        if let Err(e) = read_frame(&mut r, &h, &mut buf).await {
-            return End::DownErr(e);
-        }
         if h.kind == MessageType::Request {
             match rewrite::apply(rewriter, &buf[HEADER_LEN..]) {
                 Ok(None) => {}
@@ -291,33 +320,25 @@ where
     let mut buf = Vec::new();
     let max = shared.opts.max_payload;
     loop {
-        let h = match read_header(&mut r).await {
-            Ok(Some(h)) => h,
-            Ok(None) => return End::UpClosed,
+        let h = match next_frame(&mut r, max, &mut buf).await {
+            Ok(Next::Frame(h)) => h,
+            Ok(Next::Closed) => return End::UpClosed,
+            Ok(Next::Oversized(h)) => {
+                tracing::warn!(label = %shared.opts.label, stream = h.stream_id, bytes = h.length, limit = max,
+                    "dropped an oversized frame from the pod VM");
+                if h.kind == MessageType::Response {
+                    shared.pending_remove(h.stream_id);
+                    if let Err(e) = shared
+                        .write_down(&oversized_answer("response", &h, max))
+                        .await
+                    {
+                        return End::DownErr(e);
+                    }
+                }
+                continue;
+            }
             Err(e) => return End::UpErr(e),
         };
-        if h.length > max {
-            tracing::warn!(label = %shared.opts.label, stream = h.stream_id, bytes = h.length, limit = max,
-                "dropping an oversized frame from the pod VM");
-            if let Err(e) = discard(&mut r, h.length).await {
-                return End::UpErr(e);
-            }
-            if h.kind == MessageType::Response {
-                shared.pending_remove(h.stream_id);
-                let msg = format!(
-                    "response of {} bytes exceeds the relay's frame limit of {} bytes",
-                    h.length, max
-                );
-                let f = error_frame(h.stream_id, Code::RESOURCE_EXHAUSTED, &msg);
-                if let Err(e) = shared.write_down(&f).await {
-                    return End::DownErr(e);
-                }
-            }
-            continue;
-        }
-        if let Err(e) = read_frame(&mut r, &h, &mut buf).await {
-            return End::UpErr(e);
-        }
         if h.kind == MessageType::Response {
             shared.pending_remove(h.stream_id);
         }
