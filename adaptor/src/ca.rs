@@ -102,37 +102,47 @@ impl NodeCa {
         &self.cert_pem
     }
 
-    /// A server certificate for one pod VM; the result goes to the VM in
-    /// its user data and is not kept on the node.
-    pub fn issue_server(&self, instance_name: &str) -> Result<TlsMaterial, CaError> {
+    /// Issues a leaf certificate with a fresh key: `(cert PEM, key PEM)`.
+    fn issue(
+        &self,
+        sans: Vec<String>,
+        cn: &str,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<(String, String), CaError> {
         let key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(vec![instance_name.to_string()])?;
-        p.distinguished_name.push(DnType::CommonName, instance_name);
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let mut p = CertificateParams::new(sans)?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![usage];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut p, 3650);
         let cert = p.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A server certificate for one pod VM; the result goes to the VM in
+    /// its user data and is not kept on the node.
+    pub fn issue_server(&self, instance_name: &str) -> Result<TlsMaterial, CaError> {
+        let (cert_pem, key_pem) = self.issue(
+            vec![instance_name.to_string()],
+            instance_name,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
         Ok(TlsMaterial {
             ca_cert_pem: self.cert_pem.clone(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
+            cert_pem,
+            key_pem,
         })
     }
 
     /// The adaptor's client TLS configuration: a fresh client certificate
     /// (issued at each start; the CA is what the VMs trust).
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, CaError> {
-        let key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name.push(DnType::CommonName, CLIENT_CN);
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        validity(&mut p, 3650);
-        let cert = p.signed_by(&key, &self.issuer)?;
+        let (cert_pem, key_pem) =
+            self.issue(Vec::new(), CLIENT_CN, ExtendedKeyUsagePurpose::ClientAuth)?;
         Ok(peerpod_relay::tls::client_config(
             &self.cert_pem,
-            &cert.pem(),
-            &key.serialize_pem(),
+            &cert_pem,
+            &key_pem,
         )?)
     }
 }

@@ -110,17 +110,26 @@ impl Hypervisor {
     }
 }
 
+/// One `grpc.Health/Check` on an open ttrpc connection, with `timeout`
+/// passed to the callee as the request's deadline.
+pub async fn health_check(
+    client: ttrpc::r#async::Client,
+    timeout: Duration,
+) -> ttrpc::Result<ServingStatus> {
+    let r = HealthClient::new(client)
+        .check(ctx(timeout), &CheckRequest::new())
+        .await?;
+    Ok(r.status.enum_value().unwrap_or(ServingStatus::UNKNOWN))
+}
+
 /// A Health check through a sandbox's agent socket.
 pub async fn agent_health(
     agent_socket: &Path,
     timeout: Duration,
 ) -> Result<ServingStatus, ClientError> {
-    let client = HealthClient::new(connect(agent_socket).await?);
-    let r = client
-        .check(ctx(timeout), &CheckRequest::new())
+    health_check(connect(agent_socket).await?, timeout)
         .await
-        .map_err(call_err("grpc.Health/Check"))?;
-    Ok(r.status.enum_value().unwrap_or(ServingStatus::UNKNOWN))
+        .map_err(call_err("grpc.Health/Check"))
 }
 
 pub use crate::annotations::shim_annotations;

@@ -10,7 +10,7 @@ use crate::ca::{CaError, NodeCa};
 use crate::config::AdaptorConfig;
 use crate::readiness::wait_ready;
 use crate::state::{Phase, SandboxRecord, Store, StoreError};
-use crate::upstream::Upstream;
+use crate::upstream::{DialError, Upstream};
 use peerpod_provider_api::{instance_name, InstanceRequest, OwnerTags, Provider, ProviderError};
 use peerpod_relay::relay::RelayCounters;
 use peerpod_relay::RelayOptions;
@@ -247,15 +247,14 @@ impl Manager {
         }
     }
 
-    fn upstream(&self, rec: &SandboxRecord) -> Option<Upstream> {
-        let ip = rec.instance_ip?;
+    /// How to reach the forwarder of instance `name` at `ip`.
+    fn upstream(&self, name: &str, ip: std::net::IpAddr) -> Result<Upstream, DialError> {
         Upstream::new(
             SocketAddr::new(ip, self.cfg.forwarder_port),
-            &rec.instance_name,
+            name,
             self.client_tls.clone(),
             self.cfg.connect_timeout,
         )
-        .ok()
     }
 
     /// Every sandbox, oldest first.
@@ -459,13 +458,9 @@ impl Manager {
             let Some(ip) = ip else {
                 return Err(fail(PHASE_CREATE, format!("provider returned instance {} without an IP address", instance.id)));
             };
-            let up = Upstream::new(
-                SocketAddr::new(ip, self.cfg.forwarder_port),
-                &name,
-                self.client_tls.clone(),
-                self.cfg.connect_timeout,
-            )
-            .map_err(|e| fail(PHASE_CONFIG, e.to_string()))?;
+            let up = self
+                .upstream(&name, ip)
+                .map_err(|e| fail(PHASE_CONFIG, e.to_string()))?;
             let ready = tokio::select! {
                 r = wait_ready(&up, deadline) => r,
                 _ = stop_rx.wait_for(|s| *s) => return Err(ManagerError::Cancelled { id: id.into() }),
@@ -684,9 +679,10 @@ impl Manager {
                 self.store.save(&r)?;
             }
             let target = match r.phase {
-                Phase::Running => match self.upstream(&r) {
-                    Some(up) => Target::Ready(up),
-                    None => Target::Closed,
+                Phase::Running => match r.instance_ip.map(|ip| self.upstream(&r.instance_name, ip))
+                {
+                    Some(Ok(up)) => Target::Ready(up),
+                    _ => Target::Closed,
                 },
                 Phase::Created => Target::Pending,
                 _ => Target::Closed,

@@ -3,9 +3,9 @@
 //! at most 250 ms, so a VM that comes up is noticed within a quarter
 //! second.
 
+use crate::client::health_check;
 use crate::upstream::{DialError, Upstream};
-use peerpod_protocols::health::{health_check_response::ServingStatus, CheckRequest};
-use peerpod_protocols::health_ttrpc::HealthClient;
+use peerpod_protocols::health::health_check_response::ServingStatus;
 use std::time::{Duration, Instant};
 use ttrpc::r#async::transport::Socket;
 
@@ -28,23 +28,14 @@ pub enum CheckError {
 /// One Health check over a fresh connection.
 pub async fn check_once(up: &Upstream) -> Result<(), CheckError> {
     let stream = up.connect().await?;
-    let client = HealthClient::new(ttrpc::r#async::Client::new(Socket::new(stream)));
-    let ctx = ttrpc::context::with_timeout(CHECK_TIMEOUT.as_nanos() as i64);
-    let req = CheckRequest::new();
-    let call = client.check(ctx, &req);
-    let resp = match tokio::time::timeout(CHECK_TIMEOUT, call).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Err(CheckError::Agent(e.to_string())),
-        Err(_) => {
-            return Err(CheckError::Agent(format!(
-                "no answer within {CHECK_TIMEOUT:?}"
-            )))
-        }
-    };
-    match resp.status.enum_value() {
-        Ok(ServingStatus::SERVING) => Ok(()),
-        Ok(other) => Err(CheckError::NotServing(other)),
-        Err(_) => Err(CheckError::NotServing(ServingStatus::UNKNOWN)),
+    let client = ttrpc::r#async::Client::new(Socket::new(stream));
+    match tokio::time::timeout(CHECK_TIMEOUT, health_check(client, CHECK_TIMEOUT)).await {
+        Ok(Ok(ServingStatus::SERVING)) => Ok(()),
+        Ok(Ok(other)) => Err(CheckError::NotServing(other)),
+        Ok(Err(e)) => Err(CheckError::Agent(e.to_string())),
+        Err(_) => Err(CheckError::Agent(format!(
+            "no answer within {CHECK_TIMEOUT:?}"
+        ))),
     }
 }
 
