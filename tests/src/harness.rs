@@ -23,6 +23,17 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// An adaptor configuration whose sockets and state live under `dir`, with
+/// a random forwarder port (so daemons in one run do not collide).
+pub fn config_in(dir: &std::path::Path, node: &str) -> AdaptorConfig {
+    let mut cfg = AdaptorConfig::new(node);
+    cfg.socket = dir.join("hypervisor.sock");
+    cfg.pods_dir = dir.join("pods");
+    cfg.state_dir = dir.join("state");
+    cfg.forwarder_port = 20000 + (rand::random::<u16>() % 30000);
+    cfg
+}
+
 /// A daemon on temporary directories.
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,
@@ -36,14 +47,12 @@ impl TestDaemon {
     pub async fn start(tls: bool) -> Self {
         init_logging();
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = 20000 + (rand::random::<u16>() % 30000);
-        let provider = Arc::new(ProcessProvider::new(&dir.path().join("instances"), port));
-        let mut cfg = AdaptorConfig::new("test-node");
-        cfg.socket = dir.path().join("hypervisor.sock");
-        cfg.pods_dir = dir.path().join("pods");
-        cfg.state_dir = dir.path().join("state");
+        let mut cfg = config_in(dir.path(), "test-node");
+        let provider = Arc::new(ProcessProvider::new(
+            &dir.path().join("instances"),
+            cfg.forwarder_port,
+        ));
         cfg.tls = tls;
-        cfg.forwarder_port = port;
         cfg.start_timeout = Duration::from_secs(30);
         let daemon = Daemon::start(cfg.clone(), provider.clone())
             .await

@@ -224,7 +224,8 @@ impl Provider for DelayedProvider {
 async fn readiness(samples: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let agent = AgentDouble::start(&dir.path().join("agent.sock"), Recorder::default()).await?;
-    let port = 20000 + rand::random::<u16>() % 30000;
+    let cfg = peerpod_tests::harness::config_in(dir.path(), "bench");
+    let port = cfg.forwarder_port;
     let listening_at = Arc::new(Mutex::new(None));
     let provider = Arc::new(DelayedProvider {
         dir: dir.path().to_path_buf(),
@@ -234,11 +235,6 @@ async fn readiness(samples: usize) -> anyhow::Result<()> {
         next: Default::default(),
         tasks: Mutex::new(Vec::new()),
     });
-    let mut cfg = cloud_api_adaptor::AdaptorConfig::new("bench");
-    cfg.socket = dir.path().join("hv.sock");
-    cfg.pods_dir = dir.path().join("pods");
-    cfg.state_dir = dir.path().join("state");
-    cfg.forwarder_port = port;
     let daemon = cloud_api_adaptor::Daemon::start(cfg.clone(), provider).await?;
     let h = Hypervisor::connect(&cfg.socket).await?;
     let mut lags = Vec::new();
