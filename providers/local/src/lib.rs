@@ -14,7 +14,7 @@
 
 pub mod error;
 pub mod link;
-pub mod netns;
+pub use peerpod_podnet::netns;
 pub mod process;
 pub mod state;
 

@@ -134,7 +134,7 @@ mod tests {
             eprintln!("SKIPPED: needs root");
             return;
         }
-        remove("pplocal-lnever00000").unwrap();
+        remove("ppnet-never00000").unwrap();
     }
 
     #[test]
@@ -150,7 +150,7 @@ mod tests {
                 let _ = remove(&self.0);
             }
         }
-        let name = format!("pplocal-t{:08x}", rand::random::<u32>());
+        let name = format!("ppnet-t{:08x}", rand::random::<u32>());
         let _guard = Guard(name.clone());
         create(&name).unwrap();
         let id = identity(&name).expect("mounted");
