@@ -32,6 +32,13 @@ pub struct AdaptorConfig {
     pub max_frame_bytes: u32,
     /// Longest instance name the provider accepts.
     pub instance_name_max: usize,
+    /// UDP port of the pod network tunnels.
+    pub vxlan_port: u16,
+    /// First VXLAN id; each sandbox of this node takes the next free one.
+    pub vni_base: u32,
+    /// The node's address the VMs send tunnel traffic to (default: the
+    /// source address of the default route).
+    pub worker_ip: Option<std::net::IpAddr>,
 }
 
 impl AdaptorConfig {
@@ -48,6 +55,9 @@ impl AdaptorConfig {
             connect_timeout: Duration::from_secs(3),
             max_frame_bytes: peerpod_relay::frame::DEFAULT_MAX_PAYLOAD,
             instance_name_max: 63,
+            vxlan_port: peerpod_podnet::spec::DEFAULT_VXLAN_PORT,
+            vni_base: peerpod_podnet::spec::DEFAULT_VNI_BASE,
+            worker_ip: None,
         }
     }
 

@@ -8,6 +8,7 @@ use crate::agent_socket::{AgentSocket, SocketError, Target};
 use crate::annotations::{AnnotationError, PodSpec};
 use crate::ca::{CaError, NodeCa};
 use crate::config::AdaptorConfig;
+use crate::pod_network::PodNetworks;
 use crate::readiness::wait_ready;
 use crate::state::{Phase, SandboxRecord, Store, StoreError};
 use crate::upstream::{DialError, Upstream};
@@ -54,6 +55,13 @@ pub enum ManagerError {
     Socket(#[from] SocketError),
     #[error("node CA: {0}")]
     Ca(#[from] CaError),
+    #[error("CreateVM {id}: {source}")]
+    Network {
+        id: String,
+        source: peerpod_podnet::PodnetError,
+    },
+    #[error("pod network settings: {0}")]
+    NetworkConfig(peerpod_podnet::PodnetError),
 }
 
 impl ManagerError {
@@ -84,9 +92,11 @@ impl ManagerError {
                 None if *phase == PHASE_READY => ttrpc::Code::DEADLINE_EXCEEDED,
                 None => ttrpc::Code::INTERNAL,
             },
-            ManagerError::Store(_) | ManagerError::Socket(_) | ManagerError::Ca(_) => {
-                ttrpc::Code::INTERNAL
-            }
+            ManagerError::Network { .. } => ttrpc::Code::FAILED_PRECONDITION,
+            ManagerError::Store(_)
+            | ManagerError::Socket(_)
+            | ManagerError::Ca(_)
+            | ManagerError::NetworkConfig(_) => ttrpc::Code::INTERNAL,
         }
     }
 }
@@ -94,6 +104,7 @@ impl ManagerError {
 const PHASE_CREATE: &str = "provider create";
 const PHASE_READY: &str = "agent ready";
 const PHASE_CONFIG: &str = "VM config";
+const PHASE_NETWORK: &str = "pod network";
 
 /// Checks a sandbox id before it is used in paths and tags.
 pub fn check_sandbox_id(id: &str) -> Result<(), ManagerError> {
@@ -186,6 +197,7 @@ pub struct Manager {
     counters: Arc<RelayCounters>,
     /// Background teardowns still running (tests and shutdown wait on it).
     teardowns: watch::Sender<usize>,
+    nets: PodNetworks,
 }
 
 impl Manager {
@@ -203,7 +215,10 @@ impl Manager {
             );
             (None, None)
         };
+        let nets = PodNetworks::new(cfg.vxlan_port, cfg.vni_base, cfg.worker_ip)
+            .map_err(ManagerError::NetworkConfig)?;
         Ok(Arc::new(Self {
+            nets,
             cfg,
             provider,
             store,
@@ -294,11 +309,36 @@ impl Manager {
                 id: id.to_string(),
                 source,
             })?;
+        if self.get(id).is_some() {
+            return Err(self.duplicate(id));
+        }
+        let netns_path = Some(netns_path.to_string()).filter(|p| !p.is_empty());
+        let network = match &netns_path {
+            Some(p) => {
+                Some(
+                    self.nets
+                        .prepare(p)
+                        .await
+                        .map_err(|source| ManagerError::Network {
+                            id: id.to_string(),
+                            source,
+                        })?,
+                )
+            }
+            None => {
+                tracing::info!(
+                    sandbox = id,
+                    "no network namespace given: the pod VM gets no pod network"
+                );
+                None
+            }
+        };
         let record = SandboxRecord {
             id: id.to_string(),
             instance_name: instance_name(&spec.pod_name, id, self.cfg.instance_name_max),
             spec,
-            netns_path: Some(netns_path.to_string()).filter(|p| !p.is_empty()),
+            netns_path,
+            network,
             phase: Phase::Created,
             instance_id: None,
             instance_ip: None,
@@ -316,6 +356,9 @@ impl Manager {
                     .try_lock()
                     .map(|r| r.phase.as_str())
                     .unwrap_or("busy");
+                if let Some(n) = &record.network {
+                    self.nets.release(n);
+                }
                 return Err(ManagerError::Duplicate {
                     id: id.to_string(),
                     phase,
@@ -348,8 +391,22 @@ impl Manager {
             }
             let _ = self.store.remove(id);
             let _ = std::fs::remove_dir_all(self.cfg.pods_dir.join(id));
+            if let Some(n) = &record.network {
+                self.nets.release(n);
+            }
         }
         result
+    }
+
+    fn duplicate(&self, id: &str) -> ManagerError {
+        let phase = self
+            .get(id)
+            .and_then(|sb| sb.record.try_lock().ok().map(|r| r.phase.as_str()))
+            .unwrap_or("busy");
+        ManagerError::Duplicate {
+            id: id.to_string(),
+            phase,
+        }
     }
 
     /// StartVM: creates the instance and returns once the agent answered a
@@ -410,12 +467,15 @@ impl Manager {
                     })
                 }
             }
-            let request = self.instance_request(&r).map_err(|e| ManagerError::Start {
-                id: id.into(),
-                phase: PHASE_CONFIG,
-                message: e.to_string(),
-                provider_error: None,
-            })?;
+            let request = self
+                .instance_request(&r)
+                .await
+                .map_err(|e| ManagerError::Start {
+                    id: id.into(),
+                    phase: PHASE_CONFIG,
+                    message: e.to_string(),
+                    provider_error: None,
+                })?;
             r.phase = Phase::Provisioning;
             self.store.save(&r)?;
             request
@@ -441,12 +501,13 @@ impl Manager {
         };
         let create_took = started.elapsed();
         let ip = instance.ips.first().copied();
-        {
+        let (netns_path, network) = {
             let mut r = sb.record.lock().await;
             r.instance_id = Some(instance.id.clone());
             r.instance_ip = ip;
             self.store.save(&r)?;
-        }
+            (r.netns_path.clone(), r.network.clone())
+        };
         tracing::info!(sandbox = id, instance_id = %instance.id, ip = ?ip, took = ?create_took, "pod VM created");
         let fail = |phase: &'static str, message: String| ManagerError::Start {
             id: id.into(),
@@ -461,6 +522,15 @@ impl Manager {
             let up = self
                 .upstream(&name, ip)
                 .map_err(|e| fail(PHASE_CONFIG, e.to_string()))?;
+            if let (Some(path), Some(net)) = (&netns_path, &network) {
+                let t = Instant::now();
+                let report = self
+                    .nets
+                    .attach(path, net, ip)
+                    .await
+                    .map_err(|e| fail(PHASE_NETWORK, e.to_string()))?;
+                tracing::info!(sandbox = id, vni = net.vni, vm_ip = %ip, took = ?t.elapsed(), underlay_mtu = ?report.underlay_mtu, "pod network tunnel up");
+            }
             let ready = tokio::select! {
                 r = wait_ready(&up, deadline) => r,
                 _ = stop_rx.wait_for(|s| *s) => return Err(ManagerError::Cancelled { id: id.into() }),
@@ -500,13 +570,14 @@ impl Manager {
             Err(e) => {
                 tracing::warn!(sandbox = id, error = %e, "StartVM failed; deleting the instance it created");
                 self.delete_owned_instances(id, Some(&instance.id)).await;
+                self.detach_network(id, &sb).await;
                 self.mark_failed(&sb, &e.to_string()).await?;
                 Err(e)
             }
         }
     }
 
-    fn instance_request(&self, r: &SandboxRecord) -> Result<InstanceRequest, ManagerError> {
+    async fn instance_request(&self, r: &SandboxRecord) -> Result<InstanceRequest, ManagerError> {
         let tls = match &self.ca {
             Some(ca) => Some(ca.issue_server(&r.instance_name)?),
             None => None,
@@ -514,6 +585,14 @@ impl Manager {
         let mut fwd = ForwarderConfig::new(r.id.clone(), tls);
         fwd.listen = format!("0.0.0.0:{}", self.cfg.forwarder_port);
         fwd.max_frame_bytes = self.cfg.max_frame_bytes;
+        if let Some(n) = &r.network {
+            fwd.pod_network = Some(
+                self.nets
+                    .vm_spec(n)
+                    .await
+                    .map_err(ManagerError::NetworkConfig)?,
+            );
+        }
         Ok(InstanceRequest {
             name: r.instance_name.clone(),
             owner: self.owner(&r.id),
@@ -616,7 +695,8 @@ impl Manager {
         let mut backoff = Duration::from_millis(100);
         loop {
             let known = sb.record.lock().await.instance_id.clone();
-            if self.delete_owned_instances(id, known.as_deref()).await {
+            let instances_gone = self.delete_owned_instances(id, known.as_deref()).await;
+            if self.detach_network(id, sb).await && instances_gone {
                 break;
             }
             tracing::warn!(sandbox = id, retry_in = ?backoff, "teardown incomplete; retrying");
@@ -638,13 +718,36 @@ impl Manager {
                 }
             }
         }
+        if let Some(n) = &sb.record.lock().await.network {
+            self.nets.release(n);
+        }
         if let Ok(mut m) = self.sandboxes.lock() {
             m.remove(id);
         }
         tracing::info!(
             sandbox = id,
-            "sandbox stopped: instance deleted, pod directory removed"
+            "sandbox stopped: instance deleted, tunnel and pod directory removed"
         );
+    }
+
+    /// Removes the worker end of the sandbox's tunnel, if it has one;
+    /// returns whether it is gone (the VXLAN id stays held until the
+    /// record is forgotten).
+    async fn detach_network(&self, id: &str, sb: &Sandbox) -> bool {
+        let (path, net) = {
+            let r = sb.record.lock().await;
+            (r.netns_path.clone(), r.network.clone())
+        };
+        let (Some(path), Some(net)) = (path, net) else {
+            return true;
+        };
+        match self.nets.detach(&path, &net).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(sandbox = id, error = %e, "removing the pod network tunnel failed");
+                false
+            }
+        }
     }
 
     /// Waits until no teardown is running (for tests and orderly shutdown).
@@ -667,6 +770,18 @@ impl Manager {
             if check_sandbox_id(&id).is_err() {
                 tracing::error!(sandbox = %id, "skipping a record with an invalid id");
                 continue;
+            }
+            if let Some(n) = &r.network {
+                self.nets.mark_held(n);
+            }
+            let netns_gone = r
+                .netns_path
+                .as_ref()
+                .is_some_and(|p| !std::path::Path::new(p).exists());
+            if netns_gone && r.phase != Phase::Stopping {
+                tracing::warn!(sandbox = %id, netns = ?r.netns_path, "the pod's network namespace is gone (pod deleted while the adaptor was down): stopping the sandbox");
+                r.phase = Phase::Stopping;
+                self.store.save(&r)?;
             }
             if r.phase == Phase::Provisioning {
                 tracing::warn!(sandbox = %id, "adaptor stopped during StartVM; deleting what it may have created");

@@ -47,11 +47,23 @@ pub struct SandboxRecord {
     pub phase: Phase,
     pub instance_id: Option<String>,
     pub instance_ip: Option<IpAddr>,
+    /// The pod's network as read at CreateVM and its tunnel id; `None`
+    /// when the runtime gave no network namespace.
+    #[serde(default)]
+    pub network: Option<SandboxNetwork>,
     /// The last error, for `list` and the logs.
     #[serde(default)]
     pub last_error: Option<String>,
     /// Seconds since the epoch.
     pub created_at: u64,
+}
+
+/// A sandbox's pod network: the interface the CNI configured and the
+/// VXLAN id reserved for its tunnel (held until the record is removed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxNetwork {
+    pub interface: peerpod_podnet::PodInterface,
+    pub vni: u32,
 }
 
 /// Why the store could not read or write.
@@ -159,6 +171,7 @@ mod tests {
                 ..Default::default()
             },
             netns_path: None,
+            network: None,
             instance_name: "podvm-p-abc".into(),
             phase: Phase::Created,
             instance_id: None,

@@ -38,6 +38,35 @@ pub enum ForwarderError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("setting up the pod network: {0}")]
+    PodNetwork(#[from] peerpod_podnet::PodnetError),
+}
+
+/// Builds the VM end of the pod network when the config carries one: the
+/// namespace `pod_netns` (under /run/netns) with the pod's interface,
+/// addresses and routes, tunnelled to the worker. Returns the namespace
+/// path the containers must join.
+pub async fn setup_pod_network(
+    cfg: &ForwarderConfig,
+    pod_netns: &str,
+) -> Result<Option<PathBuf>, ForwarderError> {
+    let Some(spec) = &cfg.pod_network else {
+        tracing::info!("no pod network in the config: containers keep the VM's network");
+        return Ok(None);
+    };
+    let started = std::time::Instant::now();
+    peerpod_podnet::vm::setup(spec, &peerpod_podnet::Netns::Current, pod_netns).await?;
+    let path = peerpod_podnet::netns::path(pod_netns);
+    tracing::info!(
+        netns = %path.display(),
+        interface = %spec.interface.name,
+        addresses = ?spec.interface.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        vni = spec.vni,
+        worker = %spec.worker_ip,
+        took = ?started.elapsed(),
+        "pod network ready"
+    );
+    Ok(Some(path))
 }
 
 /// Reads and checks the config file.
@@ -94,6 +123,16 @@ impl Forwarder {
                 drop_sandbox_dns: true,
             }),
         })
+    }
+
+    /// Containers created through this forwarder join the network
+    /// namespace at `path` (the pod network's namespace).
+    pub fn with_pod_netns(mut self, path: Option<PathBuf>) -> Self {
+        self.rewriter = Arc::new(CreateContainerRewriter {
+            pod_netns: path.map(|p| p.display().to_string()),
+            drop_sandbox_dns: true,
+        });
+        self
     }
 
     /// The address actually bound (useful with port 0).

@@ -23,6 +23,10 @@ struct Args {
     /// Overrides the config's listen address.
     #[arg(long, env = "FORWARDER_LISTEN")]
     listen: Option<String>,
+    /// Name (under /run/netns) of the pod network namespace built from the
+    /// config's pod network; containers join it.
+    #[arg(long, env = "FORWARDER_POD_NETNS", default_value = peerpod_podnet::vm::POD_NETNS)]
+    pod_netns: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,7 +53,10 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let fwd = agent_forwarder::Forwarder::bind(&cfg).await?;
+        let netns = agent_forwarder::setup_pod_network(&cfg, &args.pod_netns).await?;
+        let fwd = agent_forwarder::Forwarder::bind(&cfg)
+            .await?
+            .with_pod_netns(netns);
         tracing::info!(
             addr = %fwd.local_addr()?,
             agent = %cfg.agent_socket.display(),

@@ -152,3 +152,35 @@ pub async fn delete_link(h: &Handle, name: &str) -> Result<bool, PodnetError> {
         Err(e) => Err(err(format!("delete link {name}"))(e)),
     }
 }
+
+/// The address this host would send from toward `dst` (the kernel's
+/// route lookup, `ip route get`), in the current namespace.
+pub async fn source_toward(dst: std::net::IpAddr) -> Result<std::net::IpAddr, PodnetError> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+    let h = Netns::Current.connect()?;
+    let msg = match dst {
+        std::net::IpAddr::V4(a) => rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(a, 32)
+            .build(),
+        std::net::IpAddr::V6(a) => rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .destination_prefix(a, 128)
+            .build(),
+    };
+    let step = format!("find the route toward {dst}");
+    let r = h
+        .route()
+        .get(msg)
+        .execute()
+        .try_next()
+        .await
+        .map_err(err(step.clone()))?
+        .ok_or_else(|| PodnetError::Unsupported(format!("{step}: the kernel returned none")))?;
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::PrefSource(RouteAddress::Inet(v4)) => Some(std::net::IpAddr::V4(*v4)),
+            RouteAttribute::PrefSource(RouteAddress::Inet6(v6)) => Some(std::net::IpAddr::V6(*v6)),
+            _ => None,
+        })
+        .ok_or_else(|| PodnetError::Unsupported(format!("{step}: no source address on that route")))
+}

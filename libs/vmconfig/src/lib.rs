@@ -76,6 +76,10 @@ pub struct ForwarderConfig {
     /// Largest ttrpc frame payload relayed, in bytes.
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: u32,
+    /// The pod's network, rebuilt in the VM's pod namespace; `None` when
+    /// the sandbox has no pod network.
+    #[serde(default)]
+    pub pod_network: Option<peerpod_podnet::PodNetwork>,
 }
 
 fn default_listen() -> String {
@@ -98,6 +102,7 @@ impl ForwarderConfig {
             tls,
             sandbox_id: sandbox_id.into(),
             max_frame_bytes: default_max_frame(),
+            pod_network: None,
         }
     }
 

@@ -110,6 +110,11 @@ impl Made {
     };
 }
 
+/// The pod network namespace the instance's forwarder builds.
+pub fn pod_netns_name(instance_netns: &str) -> String {
+    format!("{instance_netns}-pod")
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -329,6 +334,10 @@ impl LocalProvider {
                     config.into_os_string(),
                     "--agent-socket".into(),
                     sock.into_os_string(),
+                    // The pod namespace the forwarder builds must not clash
+                    // with other instances on this host (a VM has one).
+                    "--pod-netns".into(),
+                    pod_netns_name(&meta.netns).into(),
                 ],
                 env: vec![],
                 log: dir.join("forwarder.log"),
@@ -408,16 +417,17 @@ impl LocalProvider {
             });
         }
         if made.netns {
-            let ns = m.netns.clone();
-            let step = format!("remove network namespace {ns}");
-            note(joined(
-                tokio::task::spawn_blocking({
-                    let step = step.clone();
-                    move || netns::remove(&ns).step(step)
-                })
-                .await,
-                &step,
-            ));
+            for ns in [pod_netns_name(&m.netns), m.netns.clone()] {
+                let step = format!("remove network namespace {ns}");
+                note(joined(
+                    tokio::task::spawn_blocking({
+                        let step = step.clone();
+                        move || netns::remove(&ns).step(step)
+                    })
+                    .await,
+                    &step,
+                ));
+            }
         }
         if let Some(e) = first {
             return Err(e);

@@ -364,8 +364,9 @@ async fn create_runs_both_processes_in_their_namespace_and_delete_leaves_nothing
     assert_eq!(
         args.trim(),
         format!(
-            "--config {0}/user-data --agent-socket {0}/agent.sock",
-            dir.display()
+            "--config {0}/user-data --agent-socket {0}/agent.sock --pod-netns {1}-pod",
+            dir.display(),
+            ns
         )
     );
     let seen = wait_for(&dir.join("forwarder-addr"));
