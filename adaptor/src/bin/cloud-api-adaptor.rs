@@ -43,6 +43,15 @@ struct Global {
     /// Largest ttrpc frame payload relayed, in bytes.
     #[arg(long, env = "PEERPOD_MAX_FRAME_BYTES", default_value_t = peerpod_relay::frame::DEFAULT_MAX_PAYLOAD, global = true)]
     max_frame_bytes: u32,
+    /// UDP port of the pod network tunnels (VXLAN), on the node and in the VMs.
+    #[arg(long, env = "VXLAN_PORT", default_value_t = peerpod_podnet::spec::DEFAULT_VXLAN_PORT, global = true)]
+    vxlan_port: u16,
+    /// First VXLAN id of this node; each sandbox takes the lowest free id from here.
+    #[arg(long, env = "VXLAN_MIN_ID", default_value_t = peerpod_podnet::spec::DEFAULT_VNI_BASE, global = true)]
+    vxlan_min_id: u32,
+    /// This node's address the pod VMs send tunnel traffic to (default: the source address of the default route).
+    #[arg(long, env = "PEERPOD_WORKER_IP", global = true)]
+    worker_ip: Option<std::net::IpAddr>,
     /// Check the provider's configuration, print what was checked, and exit.
     #[arg(long, global = true)]
     check: bool,
@@ -131,6 +140,9 @@ fn main() -> anyhow::Result<()> {
         cfg.forwarder_port = g.forwarder_port;
         cfg.start_timeout = Duration::from_secs(g.start_timeout);
         cfg.max_frame_bytes = g.max_frame_bytes;
+        cfg.vxlan_port = g.vxlan_port;
+        cfg.vni_base = g.vxlan_min_id;
+        cfg.worker_ip = g.worker_ip;
         let daemon = Daemon::start(cfg, provider).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
