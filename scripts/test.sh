@@ -15,4 +15,6 @@ log "cargo test"
 # Tests share loopback ports and the host's netns list; two threads keep a
 # 2-core machine responsive.
 cargo test --workspace -- --test-threads="${TEST_THREADS:-4}"
+log "fuzz smoke run"
+scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
 log "all tests passed"

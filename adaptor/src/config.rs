@@ -39,6 +39,11 @@ pub struct AdaptorConfig {
     /// The node's address the VMs send tunnel traffic to (default: the
     /// source address of the default route).
     pub worker_ip: Option<std::net::IpAddr>,
+    /// Most sandboxes this node runs at once (the Go adaptor's
+    /// `PEERPODS_LIMIT_PER_NODE`); CreateVM beyond it is refused.
+    pub limit_per_node: usize,
+    /// Most provider creates in flight at once (others queue).
+    pub max_concurrent_creates: usize,
 }
 
 impl AdaptorConfig {
@@ -58,6 +63,8 @@ impl AdaptorConfig {
             vxlan_port: peerpod_podnet::spec::DEFAULT_VXLAN_PORT,
             vni_base: peerpod_podnet::spec::DEFAULT_VNI_BASE,
             worker_ip: None,
+            limit_per_node: 10,
+            max_concurrent_creates: 8,
         }
     }
 

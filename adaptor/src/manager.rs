@@ -36,6 +36,11 @@ pub enum ManagerError {
     Annotation { id: String, source: AnnotationError },
     #[error("CreateVM {id}: sandbox id is already in use (phase {phase})")]
     Duplicate { id: String, phase: &'static str },
+    #[error(
+        "CreateVM {id}: this node already runs {limit} peer pods, its limit \
+         (PEERPODS_LIMIT_PER_NODE); stop one or raise the limit"
+    )]
+    NodeFull { id: String, limit: usize },
     #[error("StartVM {0}: no such sandbox (CreateVM was not called, or it was stopped)")]
     Unknown(String),
     #[error("StartVM {id}: sandbox is {phase}, not created")]
@@ -73,6 +78,7 @@ impl ManagerError {
                 ttrpc::Code::INVALID_ARGUMENT
             }
             ManagerError::Duplicate { .. } => ttrpc::Code::ALREADY_EXISTS,
+            ManagerError::NodeFull { .. } => ttrpc::Code::RESOURCE_EXHAUSTED,
             ManagerError::Unknown(_) => ttrpc::Code::NOT_FOUND,
             ManagerError::WrongPhase { .. } => ttrpc::Code::FAILED_PRECONDITION,
             ManagerError::Cancelled { .. } => ttrpc::Code::CANCELLED,
@@ -198,6 +204,8 @@ pub struct Manager {
     /// Background teardowns still running (tests and shutdown wait on it).
     teardowns: watch::Sender<usize>,
     nets: PodNetworks,
+    /// Bounds provider creates in flight.
+    create_slots: tokio::sync::Semaphore,
 }
 
 impl Manager {
@@ -218,6 +226,7 @@ impl Manager {
         let nets = PodNetworks::new(cfg.vxlan_port, cfg.vni_base, cfg.worker_ip)
             .map_err(ManagerError::NetworkConfig)?;
         Ok(Arc::new(Self {
+            create_slots: tokio::sync::Semaphore::new(cfg.max_concurrent_creates.max(1)),
             nets,
             cfg,
             provider,
@@ -312,6 +321,7 @@ impl Manager {
         if self.get(id).is_some() {
             return Err(self.duplicate(id));
         }
+        self.check_node_limit(id).await?;
         let netns_path = Some(netns_path.to_string()).filter(|p| !p.is_empty());
         let network = match &netns_path {
             Some(p) => {
@@ -396,6 +406,28 @@ impl Manager {
             }
         }
         result
+    }
+
+    /// Refuses a new sandbox when the node runs its limit already
+    /// (sandboxes being torn down do not count).
+    async fn check_node_limit(&self, id: &str) -> Result<(), ManagerError> {
+        let all: Vec<Arc<Sandbox>> = match self.sandboxes.lock() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut live = 0;
+        for sb in all {
+            if sb.record.lock().await.phase != Phase::Stopping {
+                live += 1;
+            }
+        }
+        if live >= self.cfg.limit_per_node {
+            return Err(ManagerError::NodeFull {
+                id: id.to_string(),
+                limit: self.cfg.limit_per_node,
+            });
+        }
+        Ok(())
     }
 
     fn duplicate(&self, id: &str) -> ManagerError {
@@ -483,7 +515,11 @@ impl Manager {
         let name = request.name.clone();
         let started = Instant::now();
         tracing::info!(sandbox = id, instance = %name, provider = self.provider.name(), "creating the pod VM");
-        let created = self.provider.create_instance(request).await;
+        let created = {
+            // Closed never: the semaphore lives as long as the manager.
+            let _slot = self.create_slots.acquire().await.ok();
+            self.provider.create_instance(request).await
+        };
         let instance = match created {
             Ok(i) => i,
             Err(e) => {

@@ -31,6 +31,8 @@ pub fn config_in(dir: &std::path::Path, node: &str) -> AdaptorConfig {
     cfg.pods_dir = dir.join("pods");
     cfg.state_dir = dir.join("state");
     cfg.forwarder_port = 20000 + (rand::random::<u16>() % 30000);
+    // Tests and benchmarks run more sandboxes than a node's default limit.
+    cfg.limit_per_node = 1000;
     cfg
 }
 

@@ -257,3 +257,47 @@ async fn second_daemon_refuses_a_live_socket_and_state_dir() {
     // The first daemon still serves.
     d.hypervisor().await.version().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_limit_refuses_one_more_and_frees_on_stop() {
+    use cloud_api_adaptor::Daemon;
+    use peerpod_tests::harness::config_in;
+    use peerpod_tests::process_provider::ProcessProvider;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path(), "limit-node");
+    cfg.limit_per_node = 2;
+    let provider = std::sync::Arc::new(ProcessProvider::new(
+        &dir.path().join("instances"),
+        cfg.forwarder_port,
+    ));
+    let daemon = Daemon::start(cfg.clone(), provider).await.unwrap();
+    let h = cloud_api_adaptor::client::Hypervisor::connect(&cfg.socket)
+        .await
+        .unwrap();
+    for id in ["lim1", "lim2"] {
+        h.create_vm(id, shim_annotations(id, "default"), "")
+            .await
+            .unwrap();
+    }
+    let e = h
+        .create_vm("lim3", shim_annotations("lim3", "default"), "")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("PEERPODS_LIMIT_PER_NODE"), "{e}");
+    assert!(
+        e.contains("RESOURCE_EXHAUSTED") || e.contains("ResourceExhausted"),
+        "{e}"
+    );
+    // A stopped sandbox frees its place.
+    h.stop_vm("lim1").await.unwrap();
+    daemon.manager.wait_teardowns().await;
+    h.create_vm("lim3", shim_annotations("lim3", "default"), "")
+        .await
+        .expect("room again after StopVM");
+    for id in ["lim2", "lim3"] {
+        h.stop_vm(id).await.unwrap();
+    }
+    daemon.manager.wait_teardowns().await;
+    daemon.shutdown().await;
+}

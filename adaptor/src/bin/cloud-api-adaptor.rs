@@ -52,6 +52,22 @@ struct Global {
     /// This node's address the pod VMs send tunnel traffic to (default: the source address of the default route).
     #[arg(long, env = "PEERPOD_WORKER_IP", global = true)]
     worker_ip: Option<std::net::IpAddr>,
+    /// Most peer pods this node runs at once; CreateVM beyond it fails with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "PEERPODS_LIMIT_PER_NODE",
+        default_value_t = 10,
+        global = true
+    )]
+    limit_per_node: usize,
+    /// Most provider create calls in flight at once (more wait their turn).
+    #[arg(
+        long,
+        env = "PEERPOD_MAX_CONCURRENT_CREATES",
+        default_value_t = 8,
+        global = true
+    )]
+    max_concurrent_creates: usize,
     /// Check the provider's configuration, print what was checked, and exit.
     #[arg(long, global = true)]
     check: bool,
@@ -143,6 +159,8 @@ fn main() -> anyhow::Result<()> {
         cfg.vxlan_port = g.vxlan_port;
         cfg.vni_base = g.vxlan_min_id;
         cfg.worker_ip = g.worker_ip;
+        cfg.limit_per_node = g.limit_per_node;
+        cfg.max_concurrent_creates = g.max_concurrent_creates;
         let daemon = Daemon::start(cfg, provider).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

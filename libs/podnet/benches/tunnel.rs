@@ -41,14 +41,18 @@ fn iperf(server: &str, client: &str, server_ip: &str, seconds: u64) -> f64 {
         .expect("iperf3 server");
     std::thread::sleep(Duration::from_millis(300));
     let out = Command::new("ip")
-        .args(["netns", "exec", client, "iperf3", "-c", server_ip, "-p", "5301", "-J"])
+        .args([
+            "netns", "exec", client, "iperf3", "-c", server_ip, "-p", "5301", "-J",
+        ])
         .args(["-t", &seconds.to_string()])
         .output()
         .expect("iperf3 client");
     let _ = srv.wait();
     let j = String::from_utf8_lossy(&out.stdout);
     // end.sum_received.bits_per_second, without a JSON dependency here.
-    let at = j.find("\"sum_received\"").expect("iperf3 JSON has sum_received");
+    let at = j
+        .find("\"sum_received\"")
+        .expect("iperf3 JSON has sum_received");
     let rest = &j[at..];
     let b = rest.find("\"bits_per_second\":").expect("bits_per_second") + 18;
     let num: String = rest[b..]
@@ -74,7 +78,10 @@ async fn main() {
     let seconds = arg("--seconds", 5);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("# tunnel bench\n\nmachine: {cores} cores, kernel {}\n", kernel.trim());
+    println!(
+        "# tunnel bench\n\nmachine: {cores} cores, kernel {}\n",
+        kernel.trim()
+    );
 
     let t = Topo::new();
     let (w, p) = (Netns::named(&t.w), Netns::named(&t.p));
@@ -120,7 +127,9 @@ async fn main() {
         port: tunnel.port,
         worker_ip: t.worker_ip,
     };
-    vm::setup(&spec, &Netns::named(&t.v), &t.vpod).await.expect("vm end");
+    vm::setup(&spec, &Netns::named(&t.v), &t.vpod)
+        .await
+        .expect("vm end");
     let (mut tun, mut bare) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         tun.push(iperf(&t.vpod, &t.q, "10.99.0.2", seconds));

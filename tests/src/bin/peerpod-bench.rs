@@ -311,6 +311,8 @@ async fn rss(sandboxes: usize) -> anyhow::Result<()> {
         .arg(dir.path().join("pods"))
         .arg("--state-dir")
         .arg(dir.path().join("state"))
+        .arg("--limit-per-node")
+        .arg((sandboxes + 10).to_string())
         .arg("local")
         .arg("--bridge")
         .arg("ppbench0")
