@@ -44,6 +44,11 @@ pub struct AdaptorConfig {
     pub limit_per_node: usize,
     /// Most provider creates in flight at once (others queue).
     pub max_concurrent_creates: usize,
+    /// Initdata for pods without the `cc_init_data` annotation (base64,
+    /// as the annotation; the Go adaptor's `INITDATA`).
+    pub initdata: Option<String>,
+    /// Registry credentials (`auth.json`) every VM gets. Secret.
+    pub registry_auth: Option<String>,
 }
 
 impl AdaptorConfig {
@@ -65,6 +70,8 @@ impl AdaptorConfig {
             worker_ip: None,
             limit_per_node: 10,
             max_concurrent_creates: 8,
+            initdata: None,
+            registry_auth: None,
         }
     }
 
@@ -72,6 +79,42 @@ impl AdaptorConfig {
     pub fn agent_socket(&self, sandbox_id: &str) -> PathBuf {
         self.pods_dir.join(sandbox_id).join("agent.ttrpc")
     }
+}
+
+/// Where the Go adaptor's deployments mount the registry credentials.
+pub const DEFAULT_REGISTRY_AUTH_FILE: &str = "/root/containers/auth.json";
+/// Largest registry credentials file accepted.
+pub const MAX_REGISTRY_AUTH_BYTES: u64 = 16 * 1024;
+
+/// Reads the registry credentials file: JSON, at most 16 KiB. With no
+/// path given, the Go adaptor's mount point is used if a file is there.
+/// Errors name the file, never its content.
+pub fn read_registry_auth(path: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let (path, explicit) = match path {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_REGISTRY_AUTH_FILE), false),
+    };
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("registry auth file {}: {e}", path.display())),
+    };
+    if meta.len() > MAX_REGISTRY_AUTH_BYTES {
+        return Err(format!(
+            "registry auth file {} is {} bytes, more than {MAX_REGISTRY_AUTH_BYTES}",
+            path.display(),
+            meta.len()
+        ));
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("registry auth file {}: {e}", path.display()))?;
+    if serde_json::from_str::<serde_json::Value>(&text).is_err() {
+        return Err(format!(
+            "registry auth file {} is not valid JSON (auth.json format expected)",
+            path.display()
+        ));
+    }
+    Ok(Some(text))
 }
 
 /// The host name, for the default node name.
@@ -95,4 +138,35 @@ pub struct PathArgs {
     /// Persisted state: sandbox records and the node CA.
     #[arg(long, env = "PEERPOD_STATE_DIR", default_value = DEFAULT_STATE_DIR, global = true)]
     pub state_dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_auth_file_rules() {
+        let d = tempfile::tempdir().unwrap();
+        let good = d.path().join("auth.json");
+        std::fs::write(&good, r#"{"auths":{"r.io":{"auth":"c2VjcmV0"}}}"#).unwrap();
+        assert!(read_registry_auth(Some(&good))
+            .unwrap()
+            .unwrap()
+            .contains("auths"));
+        let bad = d.path().join("bad.json");
+        std::fs::write(&bad, "user:c2VjcmV0").unwrap();
+        let e = read_registry_auth(Some(&bad)).unwrap_err();
+        assert!(
+            e.contains("not valid JSON") && e.contains("bad.json"),
+            "{e}"
+        );
+        assert!(!e.contains("c2VjcmV0"), "never the content: {e}");
+        let e = read_registry_auth(Some(&d.path().join("none.json"))).unwrap_err();
+        assert!(e.contains("none.json"), "{e}");
+        let big = d.path().join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_REGISTRY_AUTH_BYTES as usize + 1]).unwrap();
+        assert!(read_registry_auth(Some(&big))
+            .unwrap_err()
+            .contains("bytes"));
+    }
 }

@@ -15,6 +15,7 @@ use crate::upstream::{DialError, Upstream};
 use peerpod_provider_api::{instance_name, InstanceRequest, OwnerTags, Provider, ProviderError};
 use peerpod_relay::relay::RelayCounters;
 use peerpod_relay::RelayOptions;
+use peerpod_vmconfig::userdata::UserData;
 use peerpod_vmconfig::ForwarderConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -629,6 +630,17 @@ impl Manager {
                     .map_err(ManagerError::NetworkConfig)?,
             );
         }
+        // The one place the VM's user data is built, for every provider.
+        let user_data = UserData {
+            forwarder: fwd,
+            initdata: r
+                .spec
+                .initdata
+                .clone()
+                .or_else(|| self.cfg.initdata.clone()),
+            registry_auth: self.cfg.registry_auth.clone(),
+        }
+        .to_cloud_config();
         Ok(InstanceRequest {
             name: r.instance_name.clone(),
             owner: self.owner(&r.id),
@@ -637,7 +649,7 @@ impl Manager {
             memory_mib: r.spec.memory_mib,
             image: r.spec.image.clone(),
             machine_type: r.spec.machine_type.clone(),
-            user_data: fwd.to_bytes(),
+            user_data,
         })
     }
 

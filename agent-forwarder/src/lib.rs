@@ -5,6 +5,8 @@
 //! network namespace added to CreateContainer once the pod network is set
 //! up) happen here, where the VM's layout is known.
 
+pub mod userdata_source;
+
 use peerpod_relay::{relay_connection, CreateContainerRewriter, RelayOptions, RequestRewriter};
 use peerpod_vmconfig::ForwarderConfig;
 use std::net::SocketAddr;

@@ -132,8 +132,26 @@ impl Provider for ProcessProvider {
         let dir = self.dir.join(&id);
         let io = |what: &str, e: std::io::Error| perr(ErrorKind::Transient, format!("{what}: {e}"));
         std::fs::create_dir_all(&dir).map_err(|e| io("instance dir", e))?;
-        let config = dir.join("user-data");
-        std::fs::write(&config, &req.user_data).map_err(|e| io("user-data", e))?;
+        let user_data = dir.join("user-data");
+        std::fs::write(&user_data, &req.user_data).map_err(|e| io("user-data", e))?;
+        // The VM's user-data step, as a pod VM runs it at boot.
+        let out = std::process::Command::new(crate::bins::bin_path("process-user-data"))
+            .args(["--source", "file", "--file"])
+            .arg(&user_data)
+            .arg("--out-dir")
+            .arg(dir.join("run"))
+            .output()
+            .map_err(|e| io("run process-user-data", e))?;
+        if !out.status.success() {
+            return Err(perr(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "process-user-data: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        let config = dir.join("run/daemon.json");
         let sock = dir.join("agent.sock");
         let agent = Self::spawn(
             Command::new(&self.agent_bin)

@@ -76,6 +76,7 @@ async fn peer_on_the_cni_bridge_reaches_the_sandbox_through_the_tunnel() {
     let mut lc = LocalConfig::with_defaults(dir.path().join("local"));
     lc.forwarder_bin = bin_path("agent-protocol-forwarder");
     lc.agent_bin = bin_path("kata-agent-double");
+    lc.user_data_bin = bin_path("process-user-data");
     lc.bridge = bridge.clone();
     lc.subnet = "10.217.3.0".parse().unwrap();
     cfg.worker_ip = Some(lc.gateway().into());

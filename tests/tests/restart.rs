@@ -39,6 +39,7 @@ impl Adaptor {
         let mut cfg = LocalConfig::with_defaults(self.state().join("local"));
         cfg.forwarder_bin = bin_path("agent-protocol-forwarder");
         cfg.agent_bin = bin_path("kata-agent-double");
+        cfg.user_data_bin = bin_path("process-user-data");
         cfg.bridge = self.bridge.clone();
         cfg.subnet = "10.216.9.0".parse().unwrap();
         LocalProvider::new(cfg).unwrap()

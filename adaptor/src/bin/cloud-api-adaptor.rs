@@ -68,6 +68,12 @@ struct Global {
         global = true
     )]
     max_concurrent_creates: usize,
+    /// Initdata (base64, as the cc_init_data annotation) for pods that carry none.
+    #[arg(long, env = "INITDATA", global = true)]
+    initdata: Option<String>,
+    /// Registry credentials (auth.json) given to every pod VM (default: /root/containers/auth.json if present).
+    #[arg(long, env = "PEERPOD_REGISTRY_AUTH_FILE", global = true)]
+    registry_auth_file: Option<PathBuf>,
     /// Check the provider's configuration, print what was checked, and exit.
     #[arg(long, global = true)]
     check: bool,
@@ -90,6 +96,9 @@ struct LocalArgs {
     /// The kata-agent binary (default: the kata-agent-double test agent next to this binary).
     #[arg(long, env = "LOCAL_AGENT_BIN")]
     agent_bin: Option<PathBuf>,
+    /// The pod VM's user-data step (default: process-user-data next to this binary).
+    #[arg(long, env = "LOCAL_USER_DATA_BIN")]
+    user_data_bin: Option<PathBuf>,
     /// Host bridge joining the instances' network namespaces.
     #[arg(long, env = "LOCAL_BRIDGE", default_value = "pplocal0")]
     bridge: String,
@@ -109,6 +118,9 @@ fn provider(cmd: ProviderCmd, state_dir: &std::path::Path) -> anyhow::Result<Arc
             }
             if let Some(b) = a.agent_bin {
                 cfg.agent_bin = b;
+            }
+            if let Some(b) = a.user_data_bin {
+                cfg.user_data_bin = b;
             }
             cfg.bridge = a.bridge;
             cfg.subnet = a.subnet;
@@ -160,6 +172,19 @@ fn main() -> anyhow::Result<()> {
         cfg.vni_base = g.vxlan_min_id;
         cfg.worker_ip = g.worker_ip;
         cfg.limit_per_node = g.limit_per_node;
+        if let Some(i) = g.initdata.filter(|i| !i.trim().is_empty()) {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(i.trim())
+                .map_err(|e| anyhow::anyhow!("INITDATA is not valid base64: {e}"))?;
+            cfg.initdata = Some(i.trim().to_string());
+        }
+        cfg.registry_auth =
+            cloud_api_adaptor::config::read_registry_auth(g.registry_auth_file.as_deref())
+                .map_err(|e| anyhow::anyhow!(e))?;
+        if cfg.registry_auth.is_some() {
+            tracing::info!("registry credentials loaded; every pod VM gets them (0600)");
+        }
         cfg.max_concurrent_creates = g.max_concurrent_creates;
         let daemon = Daemon::start(cfg, provider).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

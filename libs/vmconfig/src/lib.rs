@@ -3,6 +3,8 @@
 //! two cannot drift; a `format_version` so that an old pod VM image given a
 //! newer document says so plainly instead of failing in silence.
 
+pub mod userdata;
+
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

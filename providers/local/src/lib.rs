@@ -52,6 +52,9 @@ pub struct LocalConfig {
     /// The kata-agent: `kata-agent-double` by default; any binary that
     /// listens where `KATA_AGENT_SERVER_ADDR` says.
     pub agent_bin: PathBuf,
+    /// The VM's user-data step (`process-user-data`), run before the
+    /// forwarder as a pod VM runs it at boot.
+    pub user_data_bin: PathBuf,
     /// Host bridge joining the instances (created on demand, removed with
     /// the last instance).
     pub bridge: String,
@@ -72,6 +75,7 @@ impl LocalConfig {
             state_dir: state_dir.into(),
             forwarder_bin: dir.join("agent-protocol-forwarder"),
             agent_bin: dir.join("kata-agent-double"),
+            user_data_bin: dir.join("process-user-data"),
             bridge: "pplocal0".into(),
             subnet: Ipv4Addr::new(10, 213, 0, 0),
         }
@@ -225,6 +229,7 @@ impl LocalProvider {
             &mut cfg.state_dir,
             &mut cfg.forwarder_bin,
             &mut cfg.agent_bin,
+            &mut cfg.user_data_bin,
         ] {
             *p = std::path::absolute(&*p)
                 .map_err(|e| Error::Config(format!("path {}: {e}", p.display())))?;
@@ -256,6 +261,7 @@ impl LocalProvider {
 
     fn check_binaries(&self) -> Result<(), Error> {
         check_executable("forwarder", &self.cfg.forwarder_bin)?;
+        check_executable("user-data step", &self.cfg.user_data_bin)?;
         check_executable("kata-agent", &self.cfg.agent_bin)
     }
 
@@ -311,8 +317,36 @@ impl LocalProvider {
             &step,
         )?;
 
-        let config = dir.join("user-data");
-        state::write_atomic(&config, &user_data, 0o600).step("write user-data")?;
+        // As a VM boots: the user-data step turns the document into the
+        // forwarder config (and initdata, registry auth) under run/.
+        let user_data_file = dir.join("user-data");
+        state::write_atomic(&user_data_file, &user_data, 0o600).step("write user-data")?;
+        let run_dir = dir.join("run");
+        let step = "run the user-data step (process-user-data)".to_string();
+        let out = {
+            let mut cmd = std::process::Command::new(&self.cfg.user_data_bin);
+            cmd.args(["--source", "file", "--file"])
+                .arg(&user_data_file)
+                .arg("--out-dir")
+                .arg(&run_dir);
+            joined(
+                tokio::task::spawn_blocking({
+                    let step = step.clone();
+                    move || cmd.output().step(step)
+                })
+                .await,
+                &step,
+            )?
+        };
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let last = stderr.lines().last().unwrap_or("no output").to_string();
+            return Err(Error::Io {
+                step,
+                source: std::io::Error::other(last),
+            });
+        }
+        let config = run_dir.join("daemon.json");
         let sock = dir.join("agent.sock");
         let specs = [
             process::Spawn {

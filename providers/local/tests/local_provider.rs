@@ -60,6 +60,23 @@ fn write_exe(p: &Path, text: &str) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// The real user-data step, built with the workspace binaries.
+fn user_data_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("process-user-data");
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace binaries first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
 impl World {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -87,6 +104,7 @@ impl World {
             state_dir: self.dir.path().join("state"),
             forwarder_bin: self.dir.path().join("forwarder"),
             agent_bin: self.dir.path().join("agent"),
+            user_data_bin: user_data_bin(),
             bridge: self.bridge.clone(),
             subnet: self.subnet,
         }
@@ -180,7 +198,12 @@ fn request(node: &str, sandbox: &str) -> InstanceRequest {
         memory_mib: None,
         image: None,
         machine_type: None,
-        user_data: b"#cloud-config\nwrite_files: [{path: /key.pem, content: secret}]\n".to_vec(),
+        user_data: peerpod_vmconfig::userdata::UserData {
+            forwarder: peerpod_vmconfig::ForwarderConfig::new(sandbox, None),
+            initdata: None,
+            registry_auth: Some("{\"auths\":{}}".into()),
+        }
+        .to_cloud_config(),
     }
 }
 
@@ -364,7 +387,7 @@ async fn create_runs_both_processes_in_their_namespace_and_delete_leaves_nothing
     assert_eq!(
         args.trim(),
         format!(
-            "--config {0}/user-data --agent-socket {0}/agent.sock --pod-netns {1}-pod",
+            "--config {0}/run/daemon.json --agent-socket {0}/agent.sock --pod-netns {1}-pod",
             dir.display(),
             ns
         )
@@ -413,7 +436,18 @@ async fn create_runs_both_processes_in_their_namespace_and_delete_leaves_nothing
         std::fs::metadata(&ud).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    assert_eq!(std::fs::read(&ud).unwrap(), request("x", "y").user_data);
+    assert_eq!(
+        std::fs::read(&ud).unwrap(),
+        request("node-a", "sb1").user_data
+    );
+    // The user-data step ran as in a VM: its outputs are private too.
+    for f in ["run/daemon.json", "run/auth.json"] {
+        assert_eq!(
+            std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{f}"
+        );
+    }
 
     // A real network hop: the host reaches the instance address.
     let ping = Command::new("ping")
@@ -778,6 +812,7 @@ async fn crashing_adaptor() {
         state_dir: f[0].into(),
         forwarder_bin: f[1].into(),
         agent_bin: f[2].into(),
+        user_data_bin: user_data_bin(),
         bridge: f[3].into(),
         subnet: f[4].parse().unwrap(),
     })
