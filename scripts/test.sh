@@ -6,15 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-scripts/setup.sh
+scripts/setup.sh --tests
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 log "cargo test"
 # Tests share loopback ports and the host's netns list; two threads keep a
 # 2-core machine responsive.
-cargo test --workspace -- --test-threads="${TEST_THREADS:-4}"
+cargo test --workspace --all-features -- --test-threads="${TEST_THREADS:-4}"
 log "fuzz smoke run"
 scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
 log "all tests passed"

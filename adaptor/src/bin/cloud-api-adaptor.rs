@@ -83,6 +83,57 @@ struct Global {
 enum ProviderCmd {
     /// Instances are processes in network namespaces on this host (no cloud needed).
     Local(LocalArgs),
+    /// Pod VMs are EC2 instances (AMD SEV-SNP unless DISABLECVM=true).
+    #[cfg(feature = "aws")]
+    Aws(Box<AwsArgs>),
+}
+
+/// The Go adaptor's names (peer-pods-cm), so its ConfigMap works as is.
+#[cfg(feature = "aws")]
+#[derive(Args)]
+struct AwsArgs {
+    /// The pod VM image (required).
+    #[arg(long, env = "PODVM_AMI_ID")]
+    podvm_ami_id: Option<String>,
+    /// Default instance type (m6a.large).
+    #[arg(long, env = "PODVM_INSTANCE_TYPE")]
+    podvm_instance_type: Option<String>,
+    /// Instance types pods may get (comma list); sized from their annotations.
+    #[arg(long, env = "PODVM_INSTANCE_TYPES")]
+    podvm_instance_types: Option<String>,
+    #[arg(long, env = "AWS_REGION")]
+    aws_region: Option<String>,
+    #[arg(long, env = "AWS_SUBNET_ID")]
+    aws_subnet_id: Option<String>,
+    /// Security group ids (comma list).
+    #[arg(long, env = "AWS_SG_IDS")]
+    aws_sg_ids: Option<String>,
+    /// Key pair for the instances.
+    #[arg(long, env = "SSH_KP_NAME")]
+    ssh_kp_name: Option<String>,
+    /// Extra tags on every instance: k=v,k2=v2.
+    #[arg(long, env = "TAGS")]
+    tags: Option<String>,
+    /// Reach the VMs on their public address (true/false).
+    #[arg(long, env = "USE_PUBLIC_IP")]
+    use_public_ip: Option<String>,
+    /// Root volume size in GiB.
+    #[arg(long, env = "ROOT_VOLUME_SIZE")]
+    root_volume_size: Option<String>,
+    /// Plain VMs without SEV-SNP (true/false): testing only.
+    #[arg(long, env = "DISABLECVM")]
+    disablecvm: Option<String>,
+    /// Launch from the template PODVM_LAUNCHTEMPLATE_NAME (true/false).
+    #[arg(long, env = "USE_PODVM_LAUNCHTEMPLATE")]
+    use_podvm_launchtemplate: Option<String>,
+    #[arg(long, env = "PODVM_LAUNCHTEMPLATE_NAME")]
+    podvm_launchtemplate_name: Option<String>,
+    /// Another EC2 endpoint (private endpoint, a local test API).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    aws_endpoint_url: Option<String>,
+    /// Longest wait for a new instance's address, in seconds (180).
+    #[arg(long, env = "AWS_IP_WAIT_SECONDS")]
+    aws_ip_wait_seconds: Option<String>,
 }
 
 #[derive(Args)]
@@ -107,8 +158,35 @@ struct LocalArgs {
     subnet: std::net::Ipv4Addr,
 }
 
-fn provider(cmd: ProviderCmd, state_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Provider>> {
+async fn provider(
+    cmd: ProviderCmd,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<Arc<dyn Provider>> {
     match cmd {
+        #[cfg(feature = "aws")]
+        ProviderCmd::Aws(a) => {
+            let raw = peerpod_provider_aws::RawAwsConfig {
+                ami_id: a.podvm_ami_id,
+                instance_type: a.podvm_instance_type,
+                instance_types: a.podvm_instance_types,
+                region: a.aws_region,
+                subnet_id: a.aws_subnet_id,
+                security_group_ids: a.aws_sg_ids,
+                key_name: a.ssh_kp_name,
+                tags: a.tags,
+                use_public_ip: a.use_public_ip,
+                root_volume_size: a.root_volume_size,
+                disable_cvm: a.disablecvm,
+                use_launch_template: a.use_podvm_launchtemplate,
+                launch_template_name: a.podvm_launchtemplate_name,
+                endpoint: a.aws_endpoint_url,
+                ip_wait_secs: a.aws_ip_wait_seconds,
+            };
+            let cfg = raw
+                .check()
+                .map_err(|e| anyhow::anyhow!("aws provider configuration: {e}"))?;
+            Ok(Arc::new(peerpod_provider_aws::AwsProvider::new(cfg).await))
+        }
         ProviderCmd::Local(a) => {
             let mut cfg = peerpod_provider_local::LocalConfig::with_defaults(
                 a.local_state_dir.unwrap_or_else(|| state_dir.join("local")),
@@ -146,7 +224,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let provider = provider(cli.provider, &g.paths.state_dir)?;
+        let provider = provider(cli.provider, &g.paths.state_dir).await?;
         let checks = provider
             .verify()
             .await

@@ -10,6 +10,7 @@
 mod error;
 mod naming;
 pub mod persist;
+pub mod sizing;
 mod types;
 
 pub use error::{ErrorKind, ProviderError};

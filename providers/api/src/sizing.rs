@@ -1,0 +1,159 @@
+//! Instance-type choice shared by the cloud providers: the pod's
+//! `machine_type` annotation if the operator allows it, else the smallest
+//! allowed type that fits the pod's vCPU and memory requests, else the
+//! configured default. One function, so AWS, Azure and GCP agree.
+
+use crate::error::{ErrorKind, ProviderError};
+
+/// The size of an instance type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+/// What the pod asked for and what the operator allows.
+#[derive(Debug, Clone, Copy)]
+pub struct SizeRequest<'a> {
+    /// The `…hypervisor.machine_type` annotation.
+    pub machine_type: Option<&'a str>,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    /// The allowed list (`PODVM_INSTANCE_TYPES` and its kin); may be empty.
+    pub allowed: &'a [String],
+    /// The default type (`PODVM_INSTANCE_TYPE` and its kin).
+    pub default: &'a str,
+    /// The name of the allowed-list setting, for messages.
+    pub allowed_key: &'a str,
+}
+
+/// Picks the instance type. `size_of` gives the size of a type when known
+/// (types without a known size are never picked for fit).
+pub fn select_instance_type(
+    req: &SizeRequest<'_>,
+    size_of: impl Fn(&str) -> Option<Size>,
+) -> Result<String, ProviderError> {
+    let allowed: Vec<&str> = if req.allowed.is_empty() {
+        vec![req.default]
+    } else {
+        req.allowed.iter().map(String::as_str).collect()
+    };
+    if let Some(t) = req.machine_type.filter(|t| !t.trim().is_empty()) {
+        if allowed.contains(&t) {
+            return Ok(t.to_string());
+        }
+        return Err(ProviderError::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "instance type {t:?} from the pod's machine_type annotation is not allowed; \
+                 allowed ({}): {}",
+                req.allowed_key,
+                allowed.join(", ")
+            ),
+        ));
+    }
+    if (req.vcpus.is_some() || req.memory_mib.is_some()) && !req.allowed.is_empty() {
+        let want_cpu = req.vcpus.unwrap_or(0);
+        let want_mem = req.memory_mib.unwrap_or(0);
+        let mut fits: Vec<(Size, &str)> = allowed
+            .iter()
+            .filter_map(|t| size_of(t).map(|s| (s, *t)))
+            .filter(|(s, _)| s.vcpus >= want_cpu && s.memory_mib >= want_mem)
+            .collect();
+        fits.sort_by_key(|(s, t)| (s.vcpus, s.memory_mib, t.to_string()));
+        return match fits.first() {
+            Some((_, t)) => Ok(t.to_string()),
+            None => Err(ProviderError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "no instance type in {} fits {} vCPUs and {} MiB: {}",
+                    req.allowed_key,
+                    want_cpu,
+                    want_mem,
+                    allowed.join(", ")
+                ),
+            )),
+        };
+    }
+    Ok(req.default.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(t: &str) -> Option<Size> {
+        let (vcpus, memory_mib) = match t {
+            "m6a.large" => (2, 8192),
+            "m6a.xlarge" => (4, 16384),
+            "c6a.xlarge" => (4, 8192),
+            "m6a.2xlarge" => (8, 32768),
+            _ => return None,
+        };
+        Some(Size { vcpus, memory_mib })
+    }
+
+    #[test]
+    fn selection_table() {
+        let list: Vec<String> = [
+            "m6a.2xlarge",
+            "m6a.xlarge",
+            "c6a.xlarge",
+            "m6a.large",
+            "mystery",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let none: Vec<String> = Vec::new();
+        // (annotation, vcpus, MiB, allowed, expected type or error text)
+        type Row<'a> = (
+            Option<&'a str>,
+            Option<u32>,
+            Option<u64>,
+            &'a [String],
+            Result<&'a str, &'a str>,
+        );
+        let rows: Vec<Row> = vec![
+            (None, None, None, &none, Ok("m6a.large")),
+            (None, None, None, &list, Ok("m6a.large")),
+            (Some("m6a.xlarge"), None, None, &list, Ok("m6a.xlarge")),
+            (Some("m6a.xlarge"), Some(64), None, &list, Ok("m6a.xlarge")),
+            (Some("p5.48xlarge"), None, None, &list, Err("not allowed")),
+            (Some("m6a.xlarge"), None, None, &none, Err("not allowed")),
+            (Some("m6a.large"), None, None, &none, Ok("m6a.large")),
+            (None, Some(1), None, &list, Ok("m6a.large")),
+            (None, Some(3), None, &list, Ok("c6a.xlarge")),
+            (None, Some(3), Some(9000), &list, Ok("m6a.xlarge")),
+            (None, None, Some(20000), &list, Ok("m6a.2xlarge")),
+            (
+                None,
+                Some(16),
+                None,
+                &list,
+                Err("no instance type in PODVM_INSTANCE_TYPES fits 16 vCPUs"),
+            ),
+            (None, Some(16), None, &none, Ok("m6a.large")),
+            (Some(""), None, None, &list, Ok("m6a.large")),
+        ];
+        for (machine_type, vcpus, memory_mib, allowed, want) in rows {
+            let req = SizeRequest {
+                machine_type,
+                vcpus,
+                memory_mib,
+                allowed,
+                default: "m6a.large",
+                allowed_key: "PODVM_INSTANCE_TYPES",
+            };
+            let got = select_instance_type(&req, sizes);
+            match (want, got) {
+                (Ok(w), Ok(g)) => assert_eq!(g, w, "{req:?}"),
+                (Err(w), Err(e)) => {
+                    assert!(e.message.contains(w), "{req:?}: {}", e.message);
+                    assert_eq!(e.kind, ErrorKind::InvalidRequest);
+                }
+                (w, g) => panic!("{req:?}: wanted {w:?}, got {g:?}"),
+            }
+        }
+    }
+}
