@@ -49,6 +49,8 @@ pub struct AdaptorConfig {
     pub initdata: Option<String>,
     /// Registry credentials (`auth.json`) every VM gets. Secret.
     pub registry_auth: Option<String>,
+    /// Orphan VM collection.
+    pub orphans: crate::orphans::OrphanPolicy,
 }
 
 impl AdaptorConfig {
@@ -72,6 +74,7 @@ impl AdaptorConfig {
             max_concurrent_creates: 8,
             initdata: None,
             registry_auth: None,
+            orphans: crate::orphans::OrphanPolicy::default(),
         }
     }
 

@@ -67,6 +67,7 @@ impl Daemon {
         let socket = cfg.socket.clone();
         let manager = Manager::new(cfg, provider)?;
         let recovered = manager.recover().await?;
+        manager.spawn_orphan_collector();
         let mut server = Server::new()
             .add_listener(Listener::from(listener))
             .register_service(create_hypervisor(HypervisorService::new(manager.clone())));

@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod manager;
+pub mod orphans;
 pub mod pod_network;
 pub mod readiness;
 pub mod service;

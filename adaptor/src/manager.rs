@@ -207,6 +207,7 @@ pub struct Manager {
     nets: PodNetworks,
     /// Bounds provider creates in flight.
     create_slots: tokio::sync::Semaphore,
+    orphans: crate::orphans::OrphanCollector,
 }
 
 impl Manager {
@@ -227,6 +228,7 @@ impl Manager {
         let nets = PodNetworks::new(cfg.vxlan_port, cfg.vni_base, cfg.worker_ip)
             .map_err(ManagerError::NetworkConfig)?;
         Ok(Arc::new(Self {
+            orphans: crate::orphans::OrphanCollector::default(),
             create_slots: tokio::sync::Semaphore::new(cfg.max_concurrent_creates.max(1)),
             nets,
             cfg,
@@ -796,6 +798,59 @@ impl Manager {
                 false
             }
         }
+    }
+
+    /// One orphan-collection pass over this node's instances (see
+    /// [`crate::orphans`]). Sandboxes this adaptor knows — in any phase —
+    /// own their instances.
+    pub async fn collect_orphans(
+        &self,
+    ) -> Result<crate::orphans::PassReport, peerpod_provider_api::ProviderError> {
+        let live: std::collections::HashSet<String> = match self.sandboxes.lock() {
+            Ok(m) => m.keys().cloned().collect(),
+            Err(_) => {
+                return Err(ProviderError::new(
+                    peerpod_provider_api::ErrorKind::Transient,
+                    "sandbox registry unavailable",
+                ))
+            }
+        };
+        self.orphans
+            .pass(
+                self.provider.as_ref(),
+                &self.cfg.node_name,
+                &live,
+                &self.cfg.orphans,
+            )
+            .await
+    }
+
+    /// Runs orphan passes now and every `interval` until the manager is
+    /// dropped (a zero interval: only the start-up pass).
+    pub fn spawn_orphan_collector(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let interval = self.cfg.orphans.interval;
+        tokio::spawn(async move {
+            loop {
+                let Some(m) = weak.upgrade() else { return };
+                match m.collect_orphans().await {
+                    Ok(r) if !r.orphans.is_empty() => tracing::info!(orphans = r.orphans.len(), deleted = r.deleted.len(), failed = r.failed.len(), "orphan collection pass"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "orphan collection: listing this node's instances failed"),
+                }
+                let grace = m.cfg.orphans.grace;
+                drop(m);
+                if interval.is_zero() {
+                    // One more pass once the start-up orphans are past grace.
+                    tokio::time::sleep(grace).await;
+                    if let Some(m) = weak.upgrade() {
+                        let _ = m.collect_orphans().await;
+                    }
+                    return;
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
     }
 
     /// Waits until no teardown is running (for tests and orderly shutdown).

@@ -74,6 +74,15 @@ struct Global {
     /// Registry credentials (auth.json) given to every pod VM (default: /root/containers/auth.json if present).
     #[arg(long, env = "PEERPOD_REGISTRY_AUTH_FILE", global = true)]
     registry_auth_file: Option<PathBuf>,
+    /// Seconds between orphan VM collection passes (0: only at start-up).
+    #[arg(long, env = "PEERPOD_ORPHAN_INTERVAL", default_value_t = 300, global = true)]
+    orphan_interval: u64,
+    /// Seconds an instance must be seen without a sandbox before it is deleted.
+    #[arg(long, env = "PEERPOD_ORPHAN_GRACE", default_value_t = 300, global = true)]
+    orphan_grace: u64,
+    /// Log orphan VMs instead of deleting them.
+    #[arg(long, env = "PEERPOD_ORPHAN_DRY_RUN", global = true)]
+    orphan_dry_run: bool,
     /// Check the provider's configuration, print what was checked, and exit.
     #[arg(long, global = true)]
     check: bool,
@@ -250,6 +259,11 @@ fn main() -> anyhow::Result<()> {
         cfg.vni_base = g.vxlan_min_id;
         cfg.worker_ip = g.worker_ip;
         cfg.limit_per_node = g.limit_per_node;
+        cfg.orphans = cloud_api_adaptor::orphans::OrphanPolicy {
+            interval: Duration::from_secs(g.orphan_interval),
+            grace: Duration::from_secs(g.orphan_grace),
+            dry_run: g.orphan_dry_run,
+        };
         if let Some(i) = g.initdata.filter(|i| !i.trim().is_empty()) {
             use base64::Engine as _;
             base64::engine::general_purpose::STANDARD
