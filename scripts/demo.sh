@@ -28,7 +28,8 @@ cleanup() {
 trap cleanup EXIT
 
 log "starting cloud-api-adaptor (provider: local); log in $RUN/adaptor.log"
-"$BIN_DIR/cloud-api-adaptor" local --bridge ppdemo0 --subnet 10.213.7.0 >"$RUN/adaptor.log" 2>&1 &
+PROBE=127.0.0.1:18000
+"$BIN_DIR/cloud-api-adaptor" local --bridge ppdemo0 --subnet 10.213.7.0 --probe-listen "$PROBE" >"$RUN/adaptor.log" 2>&1 &
 DAEMON_PID=$!
 for _ in $(seq 100); do [[ -S $PEERPOD_SOCKET ]] && break; sleep 0.1; done
 [[ -S $PEERPOD_SOCKET ]] || { cat "$RUN/adaptor.log"; echo "the adaptor did not start" >&2; exit 1; }
@@ -55,6 +56,8 @@ echo "answered from the sandbox's pod namespace $VM_POD_NS:"
 ip -n "$VM_POD_NS" -br addr show eth0 | sed 's/^/  /'
 log "sandboxes"
 "$CTL" list
+log "probes: /readyz says $(curl -fsS "http://$PROBE/readyz"); /metrics has:"
+curl -fsS "http://$PROBE/metrics" | grep -E '^peerpod_(sandboxes\{phase="running"\}|startvm_duration_seconds_count|relay_bytes_total)' | sed 's/^/  /'
 log "stopping the sandbox"
 "$CTL" stop "$SANDBOX"
 for _ in $(seq 100); do [[ -z $("$CTL" list | tail -n +2) ]] && break; sleep 0.1; done

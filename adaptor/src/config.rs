@@ -51,6 +51,8 @@ pub struct AdaptorConfig {
     pub registry_auth: Option<String>,
     /// Orphan VM collection.
     pub orphans: crate::orphans::OrphanPolicy,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served (none: off).
+    pub probe_addr: Option<std::net::SocketAddr>,
 }
 
 impl AdaptorConfig {
@@ -75,6 +77,7 @@ impl AdaptorConfig {
             initdata: None,
             registry_auth: None,
             orphans: crate::orphans::OrphanPolicy::default(),
+            probe_addr: None,
         }
     }
 

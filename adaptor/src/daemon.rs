@@ -1,11 +1,12 @@
 //! Start-up wiring: one adaptor per state directory (a lock file), the
 //! hypervisor socket bound early (runtime-rs resolves it when it loads its
-//! config) and never taken from a live owner, recovery of persisted
-//! sandboxes, then serving until a signal.
+//! config) and never taken from a live owner, the probe endpoint, recovery
+//! of persisted sandboxes, then serving until a signal.
 
 use crate::agent_socket::{bind_exclusive, SocketError};
 use crate::config::AdaptorConfig;
 use crate::manager::{Manager, ManagerError};
+use crate::probes::{ProbeServer, ProbeState};
 use crate::service::HypervisorService;
 use nix::fcntl::{Flock, FlockArg};
 use peerpod_protocols::hypervisor_ttrpc::create_hypervisor;
@@ -30,12 +31,19 @@ pub enum DaemonError {
     Manager(#[from] ManagerError),
     #[error("ttrpc server: {0}")]
     Ttrpc(#[from] ttrpc::Error),
+    #[error("probe endpoint {addr} (--probe-listen): {source}")]
+    Probe {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running daemon.
 pub struct Daemon {
     pub manager: Arc<Manager>,
     server: Server,
+    probes: Option<ProbeServer>,
+    probe_state: Arc<ProbeState>,
     _lock: Flock<std::fs::File>,
     socket: std::path::PathBuf,
 }
@@ -65,6 +73,18 @@ impl Daemon {
             .map_err(|_| DaemonError::Locked(state))?;
         let listener = bind_exclusive(&cfg.socket)?;
         let socket = cfg.socket.clone();
+        // Liveness answers while recovery runs; readiness only after.
+        let probe_state = Arc::new(ProbeState::default());
+        let probes = match cfg.probe_addr {
+            Some(addr) => {
+                let p = ProbeServer::bind(addr, probe_state.clone())
+                    .await
+                    .map_err(|source| DaemonError::Probe { addr, source })?;
+                tracing::info!(addr = %p.local_addr(), "probe endpoint listening (/healthz, /readyz, /metrics)");
+                Some(p)
+            }
+            None => None,
+        };
         let manager = Manager::new(cfg, provider)?;
         let recovered = manager.recover().await?;
         manager.spawn_orphan_collector();
@@ -72,6 +92,7 @@ impl Daemon {
             .add_listener(Listener::from(listener))
             .register_service(create_hypervisor(HypervisorService::new(manager.clone())));
         server.start().await?;
+        probe_state.set_ready(manager.clone());
         tracing::info!(
             socket = %socket.display(),
             provider = manager.provider_name(),
@@ -81,15 +102,24 @@ impl Daemon {
         Ok(Self {
             manager,
             server,
+            probes,
+            probe_state,
             _lock: lock,
             socket,
         })
     }
 
+    /// The probe endpoint's address, when it is on.
+    pub fn probe_addr(&self) -> Option<std::net::SocketAddr> {
+        self.probes.as_ref().map(ProbeServer::local_addr)
+    }
+
     /// Stops serving the hypervisor socket (sandboxes and VMs stay: they
     /// are picked up again at the next start).
     pub async fn shutdown(mut self) {
+        self.probe_state.set_not_ready();
         let _ = self.server.shutdown().await;
+        self.probes.take();
         let _ = std::fs::remove_file(&self.socket);
     }
 }

@@ -208,6 +208,7 @@ pub struct Manager {
     /// Bounds provider creates in flight.
     create_slots: tokio::sync::Semaphore,
     orphans: crate::orphans::OrphanCollector,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Manager {
@@ -229,6 +230,7 @@ impl Manager {
             .map_err(ManagerError::NetworkConfig)?;
         Ok(Arc::new(Self {
             orphans: crate::orphans::OrphanCollector::default(),
+            metrics: crate::metrics::Metrics::new(),
             create_slots: tokio::sync::Semaphore::new(cfg.max_concurrent_creates.max(1)),
             nets,
             cfg,
@@ -253,6 +255,30 @@ impl Manager {
     /// Relay byte and connection counters of every sandbox.
     pub fn relay_counters(&self) -> Arc<RelayCounters> {
         self.counters.clone()
+    }
+
+    /// The metrics in the Prometheus text format, gauges brought up to
+    /// date first (sandboxes by phase, relay totals).
+    pub async fn metrics_text(&self) -> String {
+        let all: Vec<Arc<Sandbox>> = match self.sandboxes.lock() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut counts: Vec<(&'static str, i64)> =
+            Phase::ALL.iter().map(|p| (p.as_str(), 0)).collect();
+        for sb in all {
+            let phase = sb.record.lock().await.phase.as_str();
+            if let Some(c) = counts.iter_mut().find(|(p, _)| *p == phase) {
+                c.1 += 1;
+            }
+        }
+        self.metrics.set_sandboxes(&counts);
+        self.metrics.set_relay(
+            &self.counters.bytes_to_upstream,
+            &self.counters.bytes_to_downstream,
+            &self.counters.active_connections,
+        );
+        self.metrics.render()
     }
 
     fn get(&self, id: &str) -> Option<Arc<Sandbox>> {
@@ -463,11 +489,12 @@ impl Manager {
                 .min(self.cfg.start_timeout),
             None => self.cfg.start_timeout,
         };
-        let deadline = Instant::now() + budget;
+        let started = Instant::now();
+        let deadline = started + budget;
         let this = self.clone();
         let id_owned = id.to_string();
         let task = tokio::spawn(async move { this.run_start(&id_owned, sb, deadline).await });
-        match task.await {
+        let result = match task.await {
             Ok(r) => r,
             Err(e) => Err(ManagerError::Start {
                 id: id.to_string(),
@@ -475,7 +502,10 @@ impl Manager {
                 message: format!("start task ended: {e}"),
                 provider_error: None,
             }),
-        }
+        };
+        self.metrics
+            .observe_start(result.is_ok(), started.elapsed());
+        result
     }
 
     async fn run_start(
@@ -526,6 +556,7 @@ impl Manager {
         let instance = match created {
             Ok(i) => i,
             Err(e) => {
+                self.metrics.provider_error("create", e.kind);
                 tracing::warn!(sandbox = id, error = %e, "provider create failed");
                 // A failed create may still have made something: sweep by owner tags.
                 self.delete_owned_instances(id, None).await;
@@ -683,6 +714,7 @@ impl Manager {
                 }
             }
             Err(e) => {
+                self.metrics.provider_error("list", e.kind);
                 tracing::warn!(sandbox = id, error = %e, "listing instances by owner tags failed");
                 all_gone = false;
             }
@@ -691,6 +723,7 @@ impl Manager {
             match self.provider.delete_instance(&iid).await {
                 Ok(()) => tracing::info!(sandbox = id, instance_id = %iid, "pod VM deleted"),
                 Err(e) => {
+                    self.metrics.provider_error("delete", e.kind);
                     tracing::warn!(sandbox = id, instance_id = %iid, error = %e, "deleting the pod VM failed");
                     all_gone = false;
                 }
@@ -740,6 +773,7 @@ impl Manager {
     }
 
     async fn teardown(&self, id: &str, sb: &Sandbox) {
+        let started = Instant::now();
         // Wait for a StartVM in progress to hand over.
         let _op = sb.op.lock().await;
         let mut backoff = Duration::from_millis(100);
@@ -774,6 +808,9 @@ impl Manager {
         if let Ok(mut m) = self.sandboxes.lock() {
             m.remove(id);
         }
+        self.metrics
+            .stop_seconds
+            .observe(started.elapsed().as_secs_f64());
         tracing::info!(
             sandbox = id,
             "sandbox stopped: instance deleted, tunnel and pod directory removed"
@@ -815,7 +852,8 @@ impl Manager {
                 ))
             }
         };
-        self.orphans
+        let report = self
+            .orphans
             .pass(
                 self.provider.as_ref(),
                 &self.cfg.node_name,
@@ -823,6 +861,14 @@ impl Manager {
                 &self.cfg.orphans,
             )
             .await
+            .inspect_err(|e| self.metrics.provider_error("list", e.kind))?;
+        self.metrics
+            .orphans_collected
+            .inc_by(report.deleted.len() as u64);
+        for (_, kind) in &report.failed {
+            self.metrics.provider_error("delete", *kind);
+        }
+        Ok(report)
     }
 
     /// Runs orphan passes now and every `interval` until the manager is
@@ -834,9 +880,16 @@ impl Manager {
             loop {
                 let Some(m) = weak.upgrade() else { return };
                 match m.collect_orphans().await {
-                    Ok(r) if !r.orphans.is_empty() => tracing::info!(orphans = r.orphans.len(), deleted = r.deleted.len(), failed = r.failed.len(), "orphan collection pass"),
+                    Ok(r) if !r.orphans.is_empty() => tracing::info!(
+                        orphans = r.orphans.len(),
+                        deleted = r.deleted.len(),
+                        failed = r.failed.len(),
+                        "orphan collection pass"
+                    ),
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "orphan collection: listing this node's instances failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "orphan collection: listing this node's instances failed")
+                    }
                 }
                 let grace = m.cfg.orphans.grace;
                 drop(m);

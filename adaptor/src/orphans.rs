@@ -5,7 +5,7 @@
 //! running — and billed — behind. Each deletion is logged with why; a
 //! dry run only logs.
 
-use peerpod_provider_api::{Instance, OwnerTags, Provider, TAG_SANDBOX};
+use peerpod_provider_api::{ErrorKind, Instance, OwnerTags, Provider, TAG_SANDBOX};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -38,8 +38,8 @@ pub struct PassReport {
     pub orphans: Vec<String>,
     /// Deleted in this pass (empty in a dry run).
     pub deleted: Vec<String>,
-    /// Deletions that failed (retried next pass).
-    pub failed: Vec<String>,
+    /// Deletions that failed, with the kind of failure (retried next pass).
+    pub failed: Vec<(String, ErrorKind)>,
 }
 
 /// Remembers when each orphan was first seen.
@@ -81,15 +81,14 @@ impl OrphanCollector {
             })
             .collect();
         let due: Vec<&Instance> = {
-            let mut seen = self
-                .first_seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
             let current: HashSet<&str> = orphans.iter().map(|i| i.id.as_str()).collect();
             seen.retain(|id, _| current.contains(id.as_str()));
             orphans
                 .iter()
-                .filter(|i| now.duration_since(*seen.entry(i.id.clone()).or_insert(now)) >= policy.grace)
+                .filter(|i| {
+                    now.duration_since(*seen.entry(i.id.clone()).or_insert(now)) >= policy.grace
+                })
                 .copied()
                 .collect()
         };
@@ -109,7 +108,7 @@ impl OrphanCollector {
                 }
                 Err(e) => {
                     tracing::warn!(instance_id = %i.id, error = %e, "deleting an orphan VM failed; retrying next pass");
-                    report.failed.push(i.id.clone());
+                    report.failed.push((i.id.clone(), e.kind));
                 }
             }
         }

@@ -25,6 +25,15 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in life-cycle order.
+    pub const ALL: [Phase; 5] = [
+        Phase::Created,
+        Phase::Provisioning,
+        Phase::Running,
+        Phase::Failed,
+        Phase::Stopping,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Created => "created",

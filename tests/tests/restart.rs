@@ -65,6 +65,8 @@ impl Adaptor {
             .arg(&self.bridge)
             .arg("--subnet")
             .arg("10.216.9.0")
+            // Any free port: other tests run adaptors at the same time.
+            .env("PEERPOD_PROBE_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()

@@ -75,11 +75,29 @@ struct Global {
     #[arg(long, env = "PEERPOD_REGISTRY_AUTH_FILE", global = true)]
     registry_auth_file: Option<PathBuf>,
     /// Seconds between orphan VM collection passes (0: only at start-up).
-    #[arg(long, env = "PEERPOD_ORPHAN_INTERVAL", default_value_t = 300, global = true)]
+    #[arg(
+        long,
+        env = "PEERPOD_ORPHAN_INTERVAL",
+        default_value_t = 300,
+        global = true
+    )]
     orphan_interval: u64,
     /// Seconds an instance must be seen without a sandbox before it is deleted.
-    #[arg(long, env = "PEERPOD_ORPHAN_GRACE", default_value_t = 300, global = true)]
+    #[arg(
+        long,
+        env = "PEERPOD_ORPHAN_GRACE",
+        default_value_t = 300,
+        global = true
+    )]
     orphan_grace: u64,
+    /// Address of the HTTP probe endpoint (/healthz, /readyz, /metrics); "off" turns it off.
+    #[arg(
+        long,
+        env = "PEERPOD_PROBE_LISTEN",
+        default_value = "0.0.0.0:8000",
+        global = true
+    )]
+    probe_listen: String,
     /// Log orphan VMs instead of deleting them.
     #[arg(long, env = "PEERPOD_ORPHAN_DRY_RUN", global = true)]
     orphan_dry_run: bool,
@@ -259,6 +277,12 @@ fn main() -> anyhow::Result<()> {
         cfg.vni_base = g.vxlan_min_id;
         cfg.worker_ip = g.worker_ip;
         cfg.limit_per_node = g.limit_per_node;
+        cfg.probe_addr = match g.probe_listen.trim() {
+            "" | "off" => None,
+            a => Some(a.parse().with_context(|| {
+                format!("--probe-listen / PEERPOD_PROBE_LISTEN {a:?}: expected host:port (e.g. 0.0.0.0:8000) or \"off\"")
+            })?),
+        };
         cfg.orphans = cloud_api_adaptor::orphans::OrphanPolicy {
             interval: Duration::from_secs(g.orphan_interval),
             grace: Duration::from_secs(g.orphan_grace),

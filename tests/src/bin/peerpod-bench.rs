@@ -319,6 +319,7 @@ async fn rss(sandboxes: usize) -> anyhow::Result<()> {
         .arg("--subnet")
         .arg("10.215.0.0")
         .env("RUST_LOG", "warn")
+        .env("PEERPOD_PROBE_LISTEN", "127.0.0.1:0")
         .kill_on_drop(true)
         .spawn()
         .context("start cloud-api-adaptor")?;
