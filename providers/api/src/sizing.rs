@@ -33,6 +33,19 @@ pub fn select_instance_type(
     req: &SizeRequest<'_>,
     size_of: impl Fn(&str) -> Option<Size>,
 ) -> Result<String, ProviderError> {
+    let mut all = instance_type_candidates(req, size_of)?;
+    // Never empty: every branch below yields at least one type.
+    Ok(all.swap_remove(0))
+}
+
+/// The types worth trying, best first: the first is what
+/// [`select_instance_type`] picks; the others are the larger allowed types
+/// that also fit, for a provider to fall back on when the cloud has no
+/// capacity for the first. Never empty on success.
+pub fn instance_type_candidates(
+    req: &SizeRequest<'_>,
+    size_of: impl Fn(&str) -> Option<Size>,
+) -> Result<Vec<String>, ProviderError> {
     let allowed: Vec<&str> = if req.allowed.is_empty() {
         vec![req.default]
     } else {
@@ -40,7 +53,7 @@ pub fn select_instance_type(
     };
     if let Some(t) = req.machine_type.filter(|t| !t.trim().is_empty()) {
         if allowed.contains(&t) {
-            return Ok(t.to_string());
+            return Ok(vec![t.to_string()]);
         }
         return Err(ProviderError::new(
             ErrorKind::InvalidRequest,
@@ -61,9 +74,9 @@ pub fn select_instance_type(
             .filter(|(s, _)| s.vcpus >= want_cpu && s.memory_mib >= want_mem)
             .collect();
         fits.sort_by_key(|(s, t)| (s.vcpus, s.memory_mib, t.to_string()));
-        return match fits.first() {
-            Some((_, t)) => Ok(t.to_string()),
-            None => Err(ProviderError::new(
+        return match fits.is_empty() {
+            false => Ok(fits.into_iter().map(|(_, t)| t.to_string()).collect()),
+            true => Err(ProviderError::new(
                 ErrorKind::InvalidRequest,
                 format!(
                     "no instance type in {} fits {} vCPUs and {} MiB: {}",
@@ -75,7 +88,7 @@ pub fn select_instance_type(
             )),
         };
     }
-    Ok(req.default.to_string())
+    Ok(vec![req.default.to_string()])
 }
 
 #[cfg(test)]
@@ -155,5 +168,34 @@ mod tests {
                 (w, g) => panic!("{req:?}: wanted {w:?}, got {g:?}"),
             }
         }
+    }
+
+    #[test]
+    fn candidates_are_the_fitting_types_smallest_first() {
+        let list: Vec<String> = ["m6a.2xlarge", "m6a.xlarge", "c6a.xlarge", "m6a.large"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let req = |machine_type, vcpus| SizeRequest {
+            machine_type,
+            vcpus,
+            memory_mib: None,
+            allowed: &list,
+            default: "m6a.large",
+            allowed_key: "PODVM_INSTANCE_TYPES",
+        };
+        assert_eq!(
+            instance_type_candidates(&req(None, Some(3)), sizes).unwrap(),
+            vec!["c6a.xlarge", "m6a.xlarge", "m6a.2xlarge"]
+        );
+        // A type the pod named is the only candidate; so is the default.
+        assert_eq!(
+            instance_type_candidates(&req(Some("m6a.xlarge"), Some(3)), sizes).unwrap(),
+            vec!["m6a.xlarge"]
+        );
+        assert_eq!(
+            instance_type_candidates(&req(None, None), sizes).unwrap(),
+            vec!["m6a.large"]
+        );
     }
 }

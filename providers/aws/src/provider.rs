@@ -14,7 +14,7 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_ec2::Client;
 use base64::Engine as _;
-use peerpod_provider_api::sizing::{select_instance_type, Size, SizeRequest};
+use peerpod_provider_api::sizing::{instance_type_candidates, Size, SizeRequest};
 use peerpod_provider_api::{
     check_instance_id, ErrorKind, Instance, InstanceRequest, OwnerTags, Provider, ProviderError,
 };
@@ -113,7 +113,9 @@ impl AwsProvider {
         Ok(self.sizes.lock().map(|m| m.clone()).unwrap_or_default())
     }
 
-    async fn choose_type(&self, req: &InstanceRequest) -> Result<String, ProviderError> {
+    /// The instance types to try, best first (see
+    /// [`instance_type_candidates`]).
+    async fn choose_types(&self, req: &InstanceRequest) -> Result<Vec<String>, ProviderError> {
         let sizes = if (req.vcpus.is_some() || req.memory_mib.is_some())
             && req.machine_type.is_none()
             && !self.cfg.instance_types.is_empty()
@@ -122,7 +124,7 @@ impl AwsProvider {
         } else {
             HashMap::new()
         };
-        select_instance_type(
+        instance_type_candidates(
             &SizeRequest {
                 machine_type: req.machine_type.as_deref(),
                 vcpus: req.vcpus,
@@ -207,6 +209,82 @@ impl AwsProvider {
             pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
+    /// The RunInstances call for one instance type.
+    fn run_request(
+        &self,
+        image: &str,
+        instance_type: &str,
+        tags: &BTreeMap<String, String>,
+        user_data_b64: &str,
+        root_device: Option<&str>,
+    ) -> aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder {
+        let tag_list: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        let specs = [ResourceType::Instance, ResourceType::Volume]
+            .into_iter()
+            .map(|r| {
+                TagSpecification::builder()
+                    .resource_type(r)
+                    .set_tags(Some(tag_list.clone()))
+                    .build()
+            })
+            .collect();
+        let mut run = self
+            .client
+            .run_instances()
+            .image_id(image)
+            .instance_type(InstanceType::from(instance_type))
+            .min_count(1)
+            .max_count(1)
+            .user_data(user_data_b64)
+            .set_tag_specifications(Some(specs))
+            .set_key_name(self.cfg.key_name.clone());
+        if let Some(lt) = &self.cfg.launch_template {
+            run = run.launch_template(
+                LaunchTemplateSpecification::builder()
+                    .launch_template_name(lt)
+                    .build(),
+            );
+        } else if self.cfg.use_public_ip {
+            run = run.network_interfaces(
+                InstanceNetworkInterfaceSpecification::builder()
+                    .device_index(0)
+                    .associate_public_ip_address(true)
+                    .set_subnet_id(self.cfg.subnet_id.clone())
+                    .set_groups(Some(self.cfg.security_group_ids.clone()).filter(|g| !g.is_empty()))
+                    .build(),
+            );
+        } else {
+            run = run
+                .set_subnet_id(self.cfg.subnet_id.clone())
+                .set_security_group_ids(
+                    Some(self.cfg.security_group_ids.clone()).filter(|g| !g.is_empty()),
+                );
+        }
+        if !self.cfg.disable_cvm {
+            run = run.cpu_options(
+                CpuOptionsRequest::builder()
+                    .amd_sev_snp(AmdSevSnpSpecification::Enabled)
+                    .build(),
+            );
+        }
+        if let (Some(gib), Some(device)) = (self.cfg.root_volume_gib, root_device) {
+            run = run.block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(device)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(gib)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        run
+    }
 }
 
 fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
@@ -255,86 +333,64 @@ impl Provider for AwsProvider {
                 ),
             ));
         }
-        let instance_type = self.choose_type(&req).await?;
+        let candidates = self.choose_types(&req).await?;
         let image = req.image.clone().unwrap_or_else(|| self.cfg.ami_id.clone());
         let mut tags = self.cfg.tags.clone();
         tags.extend(req.all_tags());
         tags.insert("Name".into(), req.name.clone());
-        let tag_list: Vec<Tag> = tags
-            .iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-            .collect();
-        let specs = [ResourceType::Instance, ResourceType::Volume]
-            .into_iter()
-            .map(|r| {
-                TagSpecification::builder()
-                    .resource_type(r)
-                    .set_tags(Some(tag_list.clone()))
-                    .build()
-            })
-            .collect();
-        let mut run = self
-            .client
-            .run_instances()
-            .image_id(&image)
-            .instance_type(InstanceType::from(instance_type.as_str()))
-            .min_count(1)
-            .max_count(1)
-            .user_data(base64::engine::general_purpose::STANDARD.encode(&req.user_data))
-            .set_tag_specifications(Some(specs))
-            .set_key_name(self.cfg.key_name.clone());
-        if let Some(lt) = &self.cfg.launch_template {
-            run = run.launch_template(
-                LaunchTemplateSpecification::builder()
-                    .launch_template_name(lt)
-                    .build(),
+        let root_device = match self.cfg.root_volume_gib {
+            Some(_) => Some(self.root_device(&image).await?),
+            None => None,
+        };
+        let user_data = base64::engine::general_purpose::STANDARD.encode(&req.user_data);
+        // On "no capacity for this type here", the next larger allowed type
+        // that fits is tried before giving up (nothing was created).
+        let mut tried = Vec::new();
+        let (id, instance_type) = loop {
+            let Some(instance_type) = candidates.get(tried.len()).cloned() else {
+                // Unreachable: the loop returns on the last candidate's error.
+                return Err(ProviderError::new(
+                    ErrorKind::Permanent,
+                    "no instance type to try",
+                ));
+            };
+            let run = self.run_request(
+                &image,
+                &instance_type,
+                &tags,
+                &user_data,
+                root_device.as_deref(),
             );
-        } else if self.cfg.use_public_ip {
-            run = run.network_interfaces(
-                InstanceNetworkInterfaceSpecification::builder()
-                    .device_index(0)
-                    .associate_public_ip_address(true)
-                    .set_subnet_id(self.cfg.subnet_id.clone())
-                    .set_groups(Some(self.cfg.security_group_ids.clone()).filter(|g| !g.is_empty()))
-                    .build(),
-            );
-        } else {
-            run = run
-                .set_subnet_id(self.cfg.subnet_id.clone())
-                .set_security_group_ids(
-                    Some(self.cfg.security_group_ids.clone()).filter(|g| !g.is_empty()),
-                );
-        }
-        if !self.cfg.disable_cvm {
-            run = run.cpu_options(
-                CpuOptionsRequest::builder()
-                    .amd_sev_snp(AmdSevSnpSpecification::Enabled)
-                    .build(),
-            );
-        }
-        if let Some(gib) = self.cfg.root_volume_gib {
-            let device = self.root_device(&image).await?;
-            run = run.block_device_mappings(
-                BlockDeviceMapping::builder()
-                    .device_name(device)
-                    .ebs(
-                        EbsBlockDevice::builder()
-                            .volume_size(gib)
-                            .delete_on_termination(true)
-                            .build(),
-                    )
-                    .build(),
-            );
-        }
-        let out = run.send().await.map_err(|e| from_sdk("RunInstances", e))?;
-        let id = out
-            .instances()
-            .first()
-            .and_then(|i| i.instance_id())
-            .map(String::from)
-            .ok_or_else(|| {
-                ProviderError::new(ErrorKind::Permanent, "RunInstances returned no instance id")
-            })?;
+            match run.send().await {
+                Ok(out) => {
+                    let id = out
+                        .instances()
+                        .first()
+                        .and_then(|i| i.instance_id())
+                        .map(String::from)
+                        .ok_or_else(|| {
+                            ProviderError::new(
+                                ErrorKind::Permanent,
+                                "RunInstances returned no instance id",
+                            )
+                        })?;
+                    break (id, instance_type);
+                }
+                Err(e) => {
+                    let mut e = from_sdk("RunInstances", e);
+                    tried.push(instance_type.clone());
+                    if e.kind == ErrorKind::InsufficientCapacity && tried.len() < candidates.len() {
+                        tracing::warn!(%instance_type, next = %candidates[tried.len()], error = %e, "no EC2 capacity for this instance type; trying the next allowed type that fits");
+                        continue;
+                    }
+                    if tried.len() > 1 {
+                        e.message =
+                            format!("{} (instance types tried: {})", e.message, tried.join(", "));
+                    }
+                    return Err(e);
+                }
+            }
+        };
         tracing::info!(instance_id = %id, name = %req.name, %instance_type, image = %image, sev_snp = !self.cfg.disable_cvm, "EC2 instance launched");
         match self.wait_for_ip(&id).await {
             Ok(i) => Ok(i),

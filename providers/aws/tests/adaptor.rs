@@ -146,7 +146,23 @@ async fn startvm_creates_the_instance_with_our_user_data_and_cleans_up() {
     assert!(e.contains("InvalidSubnetID.NotFound"), "{e}");
     assert!(e.contains(&n.subnet), "AWS's message names the subnet: {e}");
     assert!(e.contains("provider create"), "names the phase: {e}");
-    for id in ["sbaws1", "sbaws2", "sbaws3"] {
+    // 4. A pod whose image annotation names an AMI EC2 does not know:
+    //    EC2's code and message reach the shim.
+    let mut a = shim_annotations("badimage", "default");
+    a.insert(
+        cloud_api_adaptor::annotations::IMAGE.into(),
+        "ami-0badbadbadbadbad0".into(),
+    );
+    h.create_vm("sbaws4", a, "").await.unwrap();
+    let e = h
+        .start_vm("sbaws4", Duration::from_secs(20))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("InvalidAMIID.NotFound"), "{e}");
+    assert!(e.contains("ami-0badbadbadbadbad0"), "{e}");
+    assert!(e.contains("provider create"), "names the phase: {e}");
+    for id in ["sbaws1", "sbaws2", "sbaws3", "sbaws4"] {
         let _ = h.stop_vm(id).await;
     }
     daemon.manager.wait_teardowns().await;

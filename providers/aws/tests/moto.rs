@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 mod common;
 
-use common::{net, Moto, Net};
+use common::{net, sdk_at, Ec2Proxy, Moto, Net};
 
 fn request(sandbox: &str) -> InstanceRequest {
     InstanceRequest {
@@ -191,4 +191,103 @@ async fn cloud_errors_keep_their_code_and_message() {
         p.list_instances(&node_a).await.unwrap().is_empty(),
         "nothing was made"
     );
+}
+
+/// The instance type moto recorded for an instance.
+async fn type_of(client: &aws_sdk_ec2::Client, id: &str) -> String {
+    let out = client
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
+    out.reservations()[0].instances()[0]
+        .instance_type()
+        .unwrap()
+        .as_str()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_capacity_falls_back_to_the_next_type_that_fits_and_sev_snp_is_asked() {
+    let Some(moto) = Moto::start() else { return };
+    let client = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let n = net(&client).await;
+    // c6a.xlarge (4 vCPUs, 8 GiB) is the smallest fit for 3 vCPUs; the zone
+    // has none, so m6a.xlarge (4 vCPUs, 16 GiB) is next.
+    let proxy = Ec2Proxy::start(&moto.url, &["c6a.xlarge"]).await;
+    let mut r = raw(&n);
+    r.instance_types = Some("m6a.large,c6a.xlarge,m6a.xlarge".into());
+    let p = AwsProvider::with_sdk_config(r.check().unwrap(), &sdk_at(&proxy.url).await);
+    let mut req = request("cap1");
+    req.vcpus = Some(3);
+    let inst = p
+        .create_instance(req)
+        .await
+        .expect("created on the next type");
+    assert_eq!(type_of(&client, &inst.id).await, "m6a.xlarge");
+    let runs = proxy.run_instances_bodies();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs[0].contains("InstanceType=c6a.xlarge"), "{}", runs[0]);
+    assert!(runs[1].contains("InstanceType=m6a.xlarge"), "{}", runs[1]);
+    for b in &runs {
+        assert!(
+            b.contains("CpuOptions.AmdSevSnp=enabled"),
+            "SEV-SNP requested: {b}"
+        );
+    }
+    p.delete_instance(&inst.id).await.unwrap();
+
+    // No capacity for any type that fits: the error keeps EC2's code and
+    // says what was tried; nothing is left.
+    let proxy = Ec2Proxy::start(&moto.url, &["c6a.xlarge", "m6a.xlarge"]).await;
+    let mut r = raw(&n);
+    r.instance_types = Some("m6a.large,c6a.xlarge,m6a.xlarge".into());
+    let p = AwsProvider::with_sdk_config(r.check().unwrap(), &sdk_at(&proxy.url).await);
+    let mut req = request("cap2");
+    req.vcpus = Some(3);
+    let e = p.create_instance(req).await.unwrap_err();
+    assert_eq!(
+        e.code.as_deref(),
+        Some("InsufficientInstanceCapacity"),
+        "{e}"
+    );
+    assert_eq!(e.kind, ErrorKind::InsufficientCapacity);
+    assert!(e.message.contains("c6a.xlarge, m6a.xlarge"), "{e}");
+    let owner = OwnerTags {
+        node: "node-a".into(),
+        sandbox_id: "cap2".into(),
+    };
+    assert!(p.list_instances(&owner).await.unwrap().is_empty());
+
+    // DISABLECVM=true: no SEV-SNP in the request.
+    let proxy = Ec2Proxy::start(&moto.url, &[]).await;
+    let mut r = raw(&n);
+    r.disable_cvm = Some("true".into());
+    let p = AwsProvider::with_sdk_config(r.check().unwrap(), &sdk_at(&proxy.url).await);
+    let inst = p.create_instance(request("plain1")).await.unwrap();
+    let runs = proxy.run_instances_bodies();
+    assert_eq!(runs.len(), 1);
+    assert!(!runs[0].contains("AmdSevSnp"), "{}", runs[0]);
+    p.delete_instance(&inst.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_image_is_ec2s_invalid_ami_error() {
+    let Some(moto) = Moto::start() else { return };
+    let sdk = moto.sdk().await;
+    let client = aws_sdk_ec2::Client::new(&sdk);
+    let n = net(&client).await;
+    let p = AwsProvider::with_sdk_config(raw(&n).check().unwrap(), &sdk);
+    let mut req = request("ami1");
+    req.image = Some("ami-0badbadbadbadbad0".into());
+    let e = p.create_instance(req).await.unwrap_err();
+    assert_eq!(e.code.as_deref(), Some("InvalidAMIID.NotFound"), "{e}");
+    assert!(e.message.contains("ami-0badbadbadbadbad0"), "{e}");
+    assert_eq!(e.kind, ErrorKind::InvalidConfig);
+    let mut r = raw(&n);
+    r.ami_id = Some("ami-0badbadbadbadbad0".into());
+    let p = AwsProvider::with_sdk_config(r.check().unwrap(), &sdk);
+    let e = p.verify().await.unwrap_err();
+    assert!(e.to_string().contains("ami-0badbadbadbadbad0"), "{e}");
 }
