@@ -198,8 +198,9 @@ async fn sigkilled_aws_adaptor_leaves_no_running_instance() {
         // Kill somewhere in this cycle: while CreateVM/StartVM runs (the
         // launch, the wait for an address, readiness) or while StopVM's
         // teardown terminates the instance.
-        let kill_after =
-            (rng.random_bool(0.4)).then(|| Duration::from_millis(rng.random_range(0..2500)));
+        // Every fourth cycle at least, so the run always crashes often.
+        let kill_after = (cycle % 4 == 0 || rng.random_bool(0.25))
+            .then(|| Duration::from_millis(rng.random_range(0..2500)));
         let socket = a.socket();
         let id2 = id.clone();
         let work = tokio::spawn(async move {
