@@ -84,7 +84,9 @@ pub async fn sdk_at(url: &str) -> aws_config::SdkConfig {
         .await
 }
 
-/// A VPC, subnet and security group in moto, and an AMI moto knows.
+/// A VPC, subnet and security group in moto, and an AMI moto knows. The
+/// VPC is in 127.0.0.0/8: the adaptor tests dial the instances' addresses
+/// (nothing answers there), and that traffic must stay on this machine.
 pub struct Net {
     pub subnet: String,
     pub sg: String,
@@ -94,7 +96,7 @@ pub struct Net {
 pub async fn net(c: &aws_sdk_ec2::Client) -> Net {
     let vpc = c
         .create_vpc()
-        .cidr_block("10.50.0.0/16")
+        .cidr_block("127.50.0.0/16")
         .send()
         .await
         .unwrap();
@@ -102,7 +104,7 @@ pub async fn net(c: &aws_sdk_ec2::Client) -> Net {
     let sub = c
         .create_subnet()
         .vpc_id(&vpc)
-        .cidr_block("10.50.1.0/24")
+        .cidr_block("127.50.1.0/24")
         .send()
         .await
         .unwrap();
