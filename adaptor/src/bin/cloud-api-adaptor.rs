@@ -113,6 +113,60 @@ enum ProviderCmd {
     /// Pod VMs are EC2 instances (AMD SEV-SNP unless DISABLECVM=true).
     #[cfg(feature = "aws")]
     Aws(Box<AwsArgs>),
+    /// Pod VMs are Compute Engine confidential instances (SEV-SNP unless configured otherwise).
+    #[cfg(feature = "gcp")]
+    Gcp(Box<GcpArgs>),
+}
+
+/// GCP settings (env names as in the issue and the Go adaptor where it has them).
+#[cfg(feature = "gcp")]
+#[derive(Args)]
+struct GcpArgs {
+    /// The project (required).
+    #[arg(long, env = "GCP_PROJECT_ID")]
+    gcp_project_id: Option<String>,
+    /// The zone (required), e.g. us-central1-a.
+    #[arg(long, env = "GCP_ZONE")]
+    gcp_zone: Option<String>,
+    /// Default machine type (n2d-standard-2).
+    #[arg(long, env = "GCP_MACHINE_TYPE")]
+    gcp_machine_type: Option<String>,
+    /// Machine types pods may get (comma list); sized from their annotations.
+    #[arg(long, env = "GCP_MACHINE_TYPES")]
+    gcp_machine_types: Option<String>,
+    /// Network name or path (default).
+    #[arg(long, env = "GCP_NETWORK")]
+    gcp_network: Option<String>,
+    /// Subnetwork path, when the network has several in the region.
+    #[arg(long, env = "GCP_SUBNETWORK")]
+    gcp_subnetwork: Option<String>,
+    /// The pod VM image: a name in the project or projects/P/global/images/I (required).
+    #[arg(long, env = "PODVM_IMAGE_NAME")]
+    podvm_image_name: Option<String>,
+    /// Plain VMs without confidential computing (true/false): testing only.
+    #[arg(long, env = "DISABLECVM")]
+    disablecvm: Option<String>,
+    /// SEV, SEV_SNP (default) or TDX.
+    #[arg(long, env = "GCP_CONFIDENTIAL_TYPE")]
+    gcp_confidential_type: Option<String>,
+    /// Boot disk type (pd-balanced).
+    #[arg(long, env = "GCP_DISK_TYPE")]
+    gcp_disk_type: Option<String>,
+    /// Boot disk size in GiB.
+    #[arg(long, env = "ROOT_VOLUME_SIZE")]
+    root_volume_size: Option<String>,
+    /// Give the VMs an external address and reach them there (true/false).
+    #[arg(long, env = "USE_PUBLIC_IP")]
+    use_public_ip: Option<String>,
+    /// Extra labels on every instance: k=v,k2=v2.
+    #[arg(long, env = "TAGS")]
+    tags: Option<String>,
+    /// Another Compute endpoint (private endpoint, a local test server).
+    #[arg(long, env = "GCP_ENDPOINT")]
+    gcp_endpoint: Option<String>,
+    /// A service account key (JSON text); default: application default credentials.
+    #[arg(long, env = "GCP_CREDENTIALS", hide_env_values = true)]
+    gcp_credentials: Option<String>,
 }
 
 /// The Go adaptor's names (peer-pods-cm), so its ConfigMap works as is.
@@ -213,6 +267,33 @@ async fn provider(
                 .check()
                 .map_err(|e| anyhow::anyhow!("aws provider configuration: {e}"))?;
             Ok(Arc::new(peerpod_provider_aws::AwsProvider::new(cfg).await))
+        }
+        #[cfg(feature = "gcp")]
+        ProviderCmd::Gcp(a) => {
+            let raw = peerpod_provider_gcp::RawGcpConfig {
+                project: a.gcp_project_id,
+                zone: a.gcp_zone,
+                machine_type: a.gcp_machine_type,
+                machine_types: a.gcp_machine_types,
+                network: a.gcp_network,
+                subnetwork: a.gcp_subnetwork,
+                image: a.podvm_image_name,
+                disable_cvm: a.disablecvm,
+                confidential_type: a.gcp_confidential_type,
+                disk_type: a.gcp_disk_type,
+                disk_size: a.root_volume_size,
+                use_public_ip: a.use_public_ip,
+                tags: a.tags,
+                endpoint: a.gcp_endpoint,
+                credentials_json: a.gcp_credentials,
+            };
+            let cfg = raw
+                .check()
+                .map_err(|e| anyhow::anyhow!("gcp provider configuration: {e}"))?;
+            let p = peerpod_provider_gcp::GcpProvider::new(cfg, Default::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("gcp provider: {e}"))?;
+            Ok(Arc::new(p))
         }
         ProviderCmd::Local(a) => {
             let mut cfg = peerpod_provider_local::LocalConfig::with_defaults(
