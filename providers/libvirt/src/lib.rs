@@ -1,0 +1,238 @@
+//! The `libvirt` provider: each pod VM is a libvirt domain (QEMU under TCG
+//! by default, KVM when configured) on a libvirt network, created through
+//! the libvirt C API (`virt` crate; every call on tokio's blocking pool).
+//!
+//! Per instance it makes, all named after the instance name:
+//! - `<name>-cidata.iso`: the config drive (user data + meta-data), a
+//!   volume in the configured pool, uploaded through libvirt;
+//! - `<name>-root.qcow2`: for disk boot, a qcow2 overlay backed by the
+//!   base image `LIBVIRT_VOL_NAME`; with direct kernel boot (the minimal
+//!   image: `LIBVIRT_KERNEL` + `LIBVIRT_INITRD`) there is no root disk;
+//! - the domain, persistent, carrying the owner tags in its `<metadata>`;
+//! - `<console dir>/<name>.console.log`: its serial console.
+//!
+//! The instance id is the domain name (the deterministic instance name):
+//! libvirt refuses a second domain of one name, so a retried create can
+//! never duplicate a VM. The address is the DHCP lease the network's
+//! dnsmasq gave the domain's MAC, waited for up to `LIBVIRT_IP_WAIT_SECONDS`.
+
+pub mod config;
+pub mod error;
+pub mod iso;
+pub mod ops;
+pub mod xml;
+
+pub use config::{Boot, DomainType, LibvirtConfig, RawLibvirtConfig};
+pub use error::Error;
+
+use async_trait::async_trait;
+use error::joined;
+use peerpod_provider_api::{
+    check_instance_id, Instance, InstanceRequest, OwnerTags, Provider, ProviderError,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// libvirt's limit is generous; keep names DNS labels like on the clouds.
+pub const MAX_NAME_LEN: usize = 63;
+/// Lines of the serial console `console_tail` returns.
+const TAIL_LINES: usize = 30;
+/// How often the DHCP leases are polled while a VM boots.
+const LEASE_POLL: Duration = Duration::from_millis(100);
+
+/// See the crate doc.
+pub struct LibvirtProvider {
+    cfg: Arc<LibvirtConfig>,
+    xorriso: PathBuf,
+}
+
+impl LibvirtProvider {
+    pub fn new(cfg: LibvirtConfig) -> Self {
+        Self {
+            cfg: Arc::new(cfg),
+            xorriso: PathBuf::from("xorriso"),
+        }
+    }
+
+    pub fn config(&self) -> &LibvirtConfig {
+        &self.cfg
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        step: &'static str,
+        f: impl FnOnce(&LibvirtConfig) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let cfg = self.cfg.clone();
+        joined(tokio::task::spawn_blocking(move || f(&cfg)).await, step)
+    }
+
+    /// Removes what a failed create made; a failure here is logged, the
+    /// caller reports the create's own error.
+    async fn undo(&self, name: &str) {
+        let n = name.to_string();
+        if let Err(e) = self.blocking("clean up", move |c| ops::delete(c, &n)).await {
+            tracing::warn!(instance = %name, error = %e, "cleaning up a failed create");
+        }
+    }
+
+    async fn wait_for_ip(&self, name: &str, mac: &str) -> Result<Vec<std::net::IpAddr>, Error> {
+        let deadline = Instant::now() + self.cfg.ip_wait;
+        loop {
+            let (n, m) = (name.to_string(), mac.to_string());
+            let ips = self
+                .blocking("wait for the DHCP lease", move |c| {
+                    ops::leased_ips(c, &n, &m)
+                })
+                .await?;
+            if !ips.is_empty() {
+                return Ok(ips);
+            }
+            if Instant::now() >= deadline {
+                let tail = self.console_tail(name).await.unwrap_or_default();
+                return Err(Error::Timeout(format!(
+                    "domain {name} (MAC {mac}) got no DHCP lease on network {} within {:?}; console tail:\n{tail}",
+                    self.cfg.network, self.cfg.ip_wait
+                )));
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+        }
+    }
+}
+
+/// The last `n` lines of a file, reading at most its last 64 KiB.
+fn tail(path: &Path, n: usize) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))
+        .ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    Some(lines[lines.len().saturating_sub(n)..].join("\n"))
+}
+
+#[async_trait]
+impl Provider for LibvirtProvider {
+    fn name(&self) -> &str {
+        "libvirt"
+    }
+
+    async fn create_instance(&self, req: InstanceRequest) -> Result<Instance, ProviderError> {
+        check_instance_id(&req.name)?;
+        let name = req.name.clone();
+        let ctx = format!("create domain {name}");
+        let started = Instant::now();
+        let iso = iso::build(&self.xorriso, &name, &req.user_data)
+            .await
+            .map_err(|e| e.into_provider_error(Some(&ctx)))?;
+        let tags = req.all_tags();
+        let spec = ops::CreateSpec {
+            name: name.clone(),
+            vcpus: req.vcpus.unwrap_or(self.cfg.vcpus).max(1),
+            memory_mib: req.memory_mib.unwrap_or(self.cfg.memory_mib).max(128),
+            machine: req
+                .machine_type
+                .clone()
+                .filter(|m| !m.trim().is_empty())
+                .unwrap_or_else(|| self.cfg.machine.clone()),
+            tags: tags.clone(),
+            iso,
+        };
+        // The pod's image annotation names another base volume in the pool.
+        let mut cfg = (*self.cfg).clone();
+        if let (Boot::Disk { base_volume }, Some(img)) = (&mut cfg.boot, &req.image) {
+            if !img.trim().is_empty() {
+                *base_volume = img.trim().to_string();
+            }
+        }
+        let (vcpus, memory) = (spec.vcpus, spec.memory_mib);
+        let made = joined(
+            tokio::task::spawn_blocking(move || ops::create(&cfg, &spec)).await,
+            "create domain",
+        );
+        let mac = match made {
+            Ok(mac) => mac,
+            Err(e) => {
+                self.undo(&name).await;
+                return Err(e.into_provider_error(Some(&ctx)));
+            }
+        };
+        let defined = started.elapsed();
+        tracing::info!(instance = %name, vcpus, memory_mib = memory, %mac, took = ?defined, "domain started");
+        match self.wait_for_ip(&name, &mac).await {
+            Ok(ips) => {
+                tracing::info!(
+                    instance = %name,
+                    ip = %ips[0],
+                    lease_wait = ?(started.elapsed() - defined),
+                    "domain has its address"
+                );
+                Ok(Instance {
+                    id: name.clone(),
+                    name,
+                    ips,
+                    tags,
+                })
+            }
+            Err(e) => {
+                self.undo(&name).await;
+                Err(e.into_provider_error(Some(&ctx)))
+            }
+        }
+    }
+
+    async fn delete_instance(&self, instance_id: &str) -> Result<(), ProviderError> {
+        check_instance_id(instance_id)?;
+        let n = instance_id.to_string();
+        let found = self
+            .blocking("delete domain", move |c| ops::delete(c, &n))
+            .await
+            .map_err(|e| e.into_provider_error(Some(&format!("delete domain {instance_id}"))))?;
+        tracing::info!(instance = %instance_id, found, "domain and its volumes deleted");
+        Ok(())
+    }
+
+    async fn list_instances(&self, owner: &OwnerTags) -> Result<Vec<Instance>, ProviderError> {
+        let all = self.blocking("list domains", ops::list).await?;
+        Ok(all
+            .into_iter()
+            .filter(|d| owner.matches(&d.tags))
+            .map(|d| Instance {
+                id: d.name.clone(),
+                name: d.name,
+                ips: d.ips,
+                tags: d.tags,
+            })
+            .collect())
+    }
+
+    async fn verify(&self) -> Result<Vec<String>, ProviderError> {
+        let mut lines = self.blocking("verify", ops::verify).await?;
+        let out = tokio::process::Command::new(&self.xorriso)
+            .arg("-version")
+            .output()
+            .await;
+        match out {
+            Ok(o) if o.status.success() => lines.push("xorriso found (config drives)".into()),
+            _ => {
+                return Err(Error::Config(
+                    "xorriso not found: the config drive needs it (apt-get install xorriso)".into(),
+                )
+                .into())
+            }
+        }
+        Ok(lines)
+    }
+
+    async fn console_tail(&self, instance_id: &str) -> Option<String> {
+        let path = ops::console_log(&self.cfg, instance_id);
+        tokio::task::spawn_blocking(move || tail(&path, TAIL_LINES))
+            .await
+            .ok()
+            .flatten()
+    }
+}

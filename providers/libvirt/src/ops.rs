@@ -1,0 +1,364 @@
+//! The blocking libvirt calls, one function per provider operation. Each
+//! opens its own connection ([`Session`]), so operations run in parallel
+//! on tokio's blocking pool without sharing a handle; opening a local
+//! `qemu:///system` connection costs a few milliseconds.
+
+use crate::config::{Boot, LibvirtConfig};
+use crate::error::{Error, Step};
+use crate::xml::{self, DomainSpec, METADATA_NS};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::error::ErrorNumber;
+use virt::network::Network;
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+use virt::stream::Stream;
+
+/// An open libvirt connection, closed on drop.
+pub struct Session {
+    conn: Connect,
+    uri: String,
+}
+
+impl Session {
+    pub fn open(uri: &str) -> Result<Self, Error> {
+        let conn = Connect::open(Some(uri)).step(format!("connect to libvirt at {uri}"))?;
+        Ok(Self {
+            conn,
+            uri: uri.to_string(),
+        })
+    }
+
+    pub fn conn(&self) -> &Connect {
+        &self.conn
+    }
+
+    fn pool(&self, name: &str) -> Result<StoragePool, Error> {
+        let pool = StoragePool::lookup_by_name(&self.conn, name)
+            .step(format!("look up storage pool {name}"))?;
+        if !pool
+            .is_active()
+            .step(format!("state of storage pool {name}"))?
+        {
+            return Err(Error::Config(format!(
+                "storage pool {name} is not active (virsh pool-start {name})"
+            )));
+        }
+        Ok(pool)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Err(e) = self.conn.close() {
+            tracing::debug!(uri = %self.uri, error = %e, "closing libvirt connection");
+        }
+    }
+}
+
+/// The volume names an instance owns.
+pub fn iso_volume(name: &str) -> String {
+    format!("{name}-cidata.iso")
+}
+pub fn root_volume(name: &str) -> String {
+    format!("{name}-root.qcow2")
+}
+pub fn console_log(cfg: &LibvirtConfig, name: &str) -> PathBuf {
+    cfg.console_dir.join(format!("{name}.console.log"))
+}
+
+/// What one create asks for.
+pub struct CreateSpec {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub machine: String,
+    pub tags: BTreeMap<String, String>,
+    pub iso: Vec<u8>,
+}
+
+/// Uploads the config drive, makes the root overlay (disk boot), defines
+/// and starts the domain. Returns the MAC of its interface. On error the
+/// caller deletes by name, which removes whatever was made.
+pub fn create(cfg: &LibvirtConfig, spec: &CreateSpec) -> Result<String, Error> {
+    let s = Session::open(&cfg.uri)?;
+    let pool = s.pool(&cfg.pool)?;
+    let name = &spec.name;
+
+    let iso_name = iso_volume(name);
+    let iso = StorageVol::create_xml(
+        &pool,
+        &xml::raw_volume_xml(&iso_name, spec.iso.len() as u64),
+        0,
+    )
+    .step(format!("create volume {iso_name} in pool {}", cfg.pool))?;
+    let stream = Stream::new(s.conn(), 0).step("open an upload stream")?;
+    iso.upload(&stream, 0, spec.iso.len() as u64, 0)
+        .step(format!("upload config drive {iso_name}"))?;
+    let mut sent = 0;
+    while sent < spec.iso.len() {
+        let n = stream
+            .send(&spec.iso[sent..])
+            .step(format!("upload config drive {iso_name}"))?;
+        if n == 0 {
+            return Err(Error::Tool {
+                step: format!("upload config drive {iso_name}"),
+                why: "libvirt accepted no more bytes".into(),
+            });
+        }
+        sent += n;
+    }
+    stream
+        .finish()
+        .step(format!("finish the upload of {iso_name}"))?;
+    let iso_path = PathBuf::from(iso.get_path().step(format!("path of volume {iso_name}"))?);
+
+    let root_disk = match &cfg.boot {
+        Boot::Kernel { .. } => None,
+        Boot::Disk { base_volume } => {
+            let base = StorageVol::lookup_by_name(&pool, base_volume).step(format!(
+                "look up base image {base_volume} in pool {}",
+                cfg.pool
+            ))?;
+            let info = base.get_info().step(format!("size of {base_volume}"))?;
+            let base_path = base.get_path().step(format!("path of {base_volume}"))?;
+            let base_xml = base
+                .get_xml_desc(0)
+                .step(format!("describe {base_volume}"))?;
+            let fmt = volume_format(&base_xml).unwrap_or_else(|| "qcow2".into());
+            let root = root_volume(name);
+            let vol = StorageVol::create_xml(
+                &pool,
+                &xml::overlay_volume_xml(&root, info.capacity, &base_path, &fmt),
+                0,
+            )
+            .step(format!("create volume {root} backed by {base_volume}"))?;
+            Some(PathBuf::from(
+                vol.get_path().step(format!("path of volume {root}"))?,
+            ))
+        }
+    };
+
+    let mac = xml::random_mac();
+    let dom_xml = xml::domain_xml(&DomainSpec {
+        name: name.clone(),
+        domain_type: cfg.domain_type,
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        machine: spec.machine.clone(),
+        boot: cfg.boot.clone(),
+        root_disk,
+        config_drive: iso_path,
+        network: cfg.network.clone(),
+        mac: mac.clone(),
+        console_log: console_log(cfg, name),
+        tags: spec.tags.clone(),
+    });
+    let dom = Domain::define_xml(s.conn(), &dom_xml).step(format!("define domain {name}"))?;
+    dom.create().step(format!("start domain {name}"))?;
+    Ok(mac)
+}
+
+fn volume_format(vol_xml: &str) -> Option<String> {
+    let doc = roxmltree::Document::parse(vol_xml).ok()?;
+    doc.descendants()
+        .find(|n| n.has_tag_name("format") && n.parent().is_some_and(|p| p.has_tag_name("target")))
+        .and_then(|n| n.attribute("type"))
+        .map(str::to_string)
+}
+
+/// The IPv4 addresses the network's DHCP server leased to the domain's
+/// interface `mac` (empty while it has none).
+pub fn leased_ips(cfg: &LibvirtConfig, name: &str, mac: &str) -> Result<Vec<IpAddr>, Error> {
+    let s = Session::open(&cfg.uri)?;
+    let dom = Domain::lookup_by_name(s.conn(), name).step(format!("look up domain {name}"))?;
+    domain_ips(&dom, name, Some(mac))
+}
+
+fn domain_ips(dom: &Domain, name: &str, mac: Option<&str>) -> Result<Vec<IpAddr>, Error> {
+    let ifaces = dom
+        .interface_addresses(virt::sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
+        .step(format!("DHCP leases of domain {name}"))?;
+    Ok(ifaces
+        .iter()
+        .filter(|i| mac.is_none_or(|m| i.hwaddr.eq_ignore_ascii_case(m)))
+        .flat_map(|i| i.addrs.iter())
+        .filter_map(|a| a.addr.parse::<IpAddr>().ok())
+        .filter(IpAddr::is_ipv4)
+        .collect())
+}
+
+/// Destroys and undefines the domain and removes its volumes and console
+/// log. What does not exist counts as removed. Returns whether a domain
+/// was found.
+pub fn delete(cfg: &LibvirtConfig, name: &str) -> Result<bool, Error> {
+    let s = Session::open(&cfg.uri)?;
+    let found = match Domain::lookup_by_name(s.conn(), name).step(format!("look up domain {name}"))
+    {
+        Ok(dom) => {
+            if dom.is_active().step(format!("state of domain {name}"))? {
+                if let Err(e) = dom.destroy().step(format!("destroy domain {name}")) {
+                    // It may have stopped between the two calls.
+                    if dom.is_active().step(format!("state of domain {name}"))? {
+                        return Err(e);
+                    }
+                }
+            }
+            match dom.undefine().step(format!("undefine domain {name}")) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+            true
+        }
+        Err(e) if e.is_not_found() => false,
+        Err(e) => return Err(e),
+    };
+    let pool = s.pool(&cfg.pool)?;
+    for vol in [iso_volume(name), root_volume(name)] {
+        match StorageVol::lookup_by_name(&pool, &vol).step(format!("look up volume {vol}")) {
+            Ok(v) => match v.delete(0).step(format!("delete volume {vol}")) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            },
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let log = console_log(cfg, name);
+    match std::fs::remove_file(&log) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::Io {
+                step: format!("remove console log {}", log.display()),
+                source: e,
+            })
+        }
+        _ => {}
+    }
+    Ok(found)
+}
+
+/// One domain of ours.
+pub struct Listed {
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Every domain carrying our metadata element (running or not).
+pub fn list(cfg: &LibvirtConfig) -> Result<Vec<Listed>, Error> {
+    let s = Session::open(&cfg.uri)?;
+    let doms = s.conn().list_all_domains(0).step("list domains")?;
+    let mut out = Vec::new();
+    for dom in doms {
+        let Ok(name) = dom.get_name() else { continue };
+        let meta = match dom
+            .get_metadata(
+                virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                Some(METADATA_NS),
+                0,
+            )
+            .step(format!("metadata of domain {name}"))
+        {
+            Ok(m) => m,
+            // Not ours (no element in our namespace), or gone meanwhile.
+            Err(Error::Libvirt {
+                code: ErrorNumber::NoDomainMetadata | ErrorNumber::NoDomain,
+                ..
+            }) => continue,
+            Err(e) => return Err(e),
+        };
+        let Some(tags) = xml::parse_tags(&meta)? else {
+            continue;
+        };
+        let ips = if dom.is_active().unwrap_or(false) {
+            domain_ips(&dom, &name, None).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        out.push(Listed { name, ips, tags });
+    }
+    Ok(out)
+}
+
+/// Checks the connection, pool, network and boot image; one line each.
+pub fn verify(cfg: &LibvirtConfig) -> Result<Vec<String>, Error> {
+    let s = Session::open(&cfg.uri)?;
+    let mut lines = Vec::new();
+    let v = s.conn().get_lib_version().step("libvirt version")?;
+    lines.push(format!(
+        "connected to {} (libvirt {}.{}.{}), domain type {}",
+        cfg.uri,
+        v / 1_000_000,
+        v / 1000 % 1000,
+        v % 1000,
+        cfg.domain_type.as_str()
+    ));
+    let pool = s.pool(&cfg.pool)?;
+    lines.push(format!("storage pool {} is active", cfg.pool));
+    let net = Network::lookup_by_name(s.conn(), &cfg.network)
+        .step(format!("look up network {}", cfg.network))?;
+    if !net
+        .is_active()
+        .step(format!("state of network {}", cfg.network))?
+    {
+        return Err(Error::Config(format!(
+            "network {} is not active (virsh net-start {})",
+            cfg.network, cfg.network
+        )));
+    }
+    lines.push(format!("network {} is active", cfg.network));
+    match &cfg.boot {
+        Boot::Kernel { kernel, initrd, .. } => {
+            for p in std::iter::once(kernel).chain(initrd) {
+                let m = std::fs::metadata(p).step(format!("boot file {}", p.display()))?;
+                if !m.is_file() || m.len() == 0 {
+                    return Err(Error::Config(format!(
+                        "boot file {} is not a non-empty file",
+                        p.display()
+                    )));
+                }
+            }
+            lines.push(format!(
+                "direct kernel boot: {}{}",
+                kernel.display(),
+                initrd
+                    .as_ref()
+                    .map(|i| format!(" + {}", i.display()))
+                    .unwrap_or_default()
+            ));
+        }
+        Boot::Disk { base_volume } => {
+            let v = StorageVol::lookup_by_name(&pool, base_volume).step(format!(
+                "look up base image {base_volume} in pool {}",
+                cfg.pool
+            ))?;
+            let path = v.get_path().step(format!("path of {base_volume}"))?;
+            lines.push(format!("base image {base_volume} at {path}"));
+        }
+    }
+    std::fs::create_dir_all(&cfg.console_dir).step(format!(
+        "console log directory {}",
+        cfg.console_dir.display()
+    ))?;
+    lines.push(format!("console logs in {}", cfg.console_dir.display()));
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_format_reads_the_target_format() {
+        let x =
+            "<volume><name>b</name><source/><target><path>/p/b</path><format type='raw'/></target>\
+                 <backingStore><format type='qcow2'/></backingStore></volume>";
+        assert_eq!(volume_format(x).as_deref(), Some("raw"));
+        assert_eq!(volume_format("<volume/>"), None);
+    }
+}
