@@ -75,10 +75,20 @@ struct Global {
     #[arg(long, env = "PEERPOD_REGISTRY_AUTH_FILE", global = true)]
     registry_auth_file: Option<PathBuf>,
     /// Seconds between orphan VM collection passes (0: only at start-up).
-    #[arg(long, env = "PEERPOD_ORPHAN_INTERVAL", default_value_t = 300, global = true)]
+    #[arg(
+        long,
+        env = "PEERPOD_ORPHAN_INTERVAL",
+        default_value_t = 300,
+        global = true
+    )]
     orphan_interval: u64,
     /// Seconds an instance must be seen without a sandbox before it is deleted.
-    #[arg(long, env = "PEERPOD_ORPHAN_GRACE", default_value_t = 300, global = true)]
+    #[arg(
+        long,
+        env = "PEERPOD_ORPHAN_GRACE",
+        default_value_t = 300,
+        global = true
+    )]
     orphan_grace: u64,
     /// Log orphan VMs instead of deleting them.
     #[arg(long, env = "PEERPOD_ORPHAN_DRY_RUN", global = true)]
@@ -95,6 +105,56 @@ enum ProviderCmd {
     /// Pod VMs are EC2 instances (AMD SEV-SNP unless DISABLECVM=true).
     #[cfg(feature = "aws")]
     Aws(Box<AwsArgs>),
+    /// Pod VMs are libvirt domains (QEMU/TCG by default, KVM when configured).
+    #[cfg(feature = "libvirt")]
+    Libvirt(Box<LibvirtArgs>),
+}
+
+/// The Go adaptor's flag and env names where it has them (LIBVIRT_URI,
+/// LIBVIRT_POOL, LIBVIRT_NET, LIBVIRT_VOL_NAME, LIBVIRT_CPU,
+/// LIBVIRT_MEMORY), ours for the rest. Empty values mean "not set".
+#[cfg(feature = "libvirt")]
+#[derive(Args)]
+struct LibvirtArgs {
+    /// libvirt connection URI (qemu:///system).
+    #[arg(long, env = "LIBVIRT_URI")]
+    uri: Option<String>,
+    /// Storage pool for the VMs' volumes and config drives (default).
+    #[arg(long = "pool-name", env = "LIBVIRT_POOL")]
+    pool: Option<String>,
+    /// libvirt network the VMs join; their address is its DHCP lease (default).
+    #[arg(long = "network-name", env = "LIBVIRT_NET")]
+    network: Option<String>,
+    /// Base image volume in the pool, for disk boot (podvm-base.qcow2).
+    #[arg(long = "vol-name", env = "LIBVIRT_VOL_NAME")]
+    vol_name: Option<String>,
+    /// Kernel for direct kernel boot (the minimal pod VM image); disk boot when unset.
+    #[arg(long, env = "LIBVIRT_KERNEL")]
+    kernel: Option<PathBuf>,
+    /// Initramfs for direct kernel boot.
+    #[arg(long, env = "LIBVIRT_INITRD")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line for direct kernel boot.
+    #[arg(long, env = "LIBVIRT_CMDLINE")]
+    cmdline: Option<String>,
+    /// Domain type: qemu (TCG, the default) or kvm.
+    #[arg(long, env = "LIBVIRT_DOMAIN_TYPE")]
+    domain_type: Option<String>,
+    /// vCPUs of a VM when the pod asks for none (2).
+    #[arg(long, env = "LIBVIRT_CPU")]
+    cpu: Option<String>,
+    /// Memory of a VM in MiB when the pod asks for none (8192).
+    #[arg(long, env = "LIBVIRT_MEMORY")]
+    memory: Option<String>,
+    /// Machine type when the pod asks for none (q35).
+    #[arg(long, env = "LIBVIRT_MACHINE")]
+    machine: Option<String>,
+    /// Directory for the VMs' serial console logs (/var/log/libvirt/qemu).
+    #[arg(long, env = "LIBVIRT_CONSOLE_DIR")]
+    console_dir: Option<PathBuf>,
+    /// Longest wait for a new VM's DHCP lease, in seconds (120).
+    #[arg(long, env = "LIBVIRT_IP_WAIT_SECONDS")]
+    ip_wait_seconds: Option<String>,
 }
 
 /// The Go adaptor's names (peer-pods-cm), so its ConfigMap works as is.
@@ -195,6 +255,30 @@ async fn provider(
                 .check()
                 .map_err(|e| anyhow::anyhow!("aws provider configuration: {e}"))?;
             Ok(Arc::new(peerpod_provider_aws::AwsProvider::new(cfg).await))
+        }
+        #[cfg(feature = "libvirt")]
+        ProviderCmd::Libvirt(a) => {
+            let raw = peerpod_provider_libvirt::RawLibvirtConfig {
+                uri: a.uri,
+                pool: a.pool,
+                network: a.network,
+                vol_name: a.vol_name,
+                kernel: a.kernel,
+                initrd: a.initrd,
+                cmdline: a.cmdline,
+                domain_type: a.domain_type,
+                cpu: a.cpu,
+                memory: a.memory,
+                machine: a.machine,
+                console_dir: a.console_dir,
+                ip_wait_secs: a.ip_wait_seconds,
+            };
+            let cfg = raw
+                .check()
+                .map_err(|e| anyhow::anyhow!("libvirt provider configuration: {e}"))?;
+            Ok(Arc::new(peerpod_provider_libvirt::LibvirtProvider::new(
+                cfg,
+            )))
         }
         ProviderCmd::Local(a) => {
             let mut cfg = peerpod_provider_local::LocalConfig::with_defaults(

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 /// libvirt's limit is generous; keep names DNS labels like on the clouds.
 pub const MAX_NAME_LEN: usize = 63;
 /// Lines of the serial console `console_tail` returns.
-const TAIL_LINES: usize = 30;
+const TAIL_LINES: usize = 60;
 /// How often the DHCP leases are polled while a VM boots.
 const LEASE_POLL: Duration = Duration::from_millis(100);
 
@@ -49,6 +49,9 @@ pub struct LibvirtProvider {
 
 impl LibvirtProvider {
     pub fn new(cfg: LibvirtConfig) -> Self {
+        // libvirt prints every error to stderr by default; ours carry
+        // them in typed errors and the log instead.
+        virt::error::clear_error_callback();
         Self {
             cfg: Arc::new(cfg),
             xorriso: PathBuf::from("xorriso"),

@@ -175,23 +175,26 @@ fn parse_doc<'a>(text: &'a str, what: &'static str) -> Result<roxmltree::Documen
     })
 }
 
+/// Whether `n` is our element `local`: in our namespace, or in none —
+/// `virDomainGetMetadata`, asked for our namespace, hands the element back
+/// with the namespace stripped.
+fn ours(n: &roxmltree::Node, local: &str) -> bool {
+    n.is_element()
+        && n.tag_name().name() == local
+        && matches!(n.tag_name().namespace(), None | Some(METADATA_NS))
+}
+
 /// The owner tags of a `<peerpod:instance>` element, as
 /// `virDomainGetMetadata` returns it (or embedded anywhere in a domain
 /// XML). `None` when the document holds no element of ours: the domain is
 /// not ours.
 pub fn parse_tags(xml: &str) -> Result<Option<BTreeMap<String, String>>, ParseError> {
     let doc = parse_doc(xml, "instance metadata")?;
-    let Some(inst) = doc
-        .descendants()
-        .find(|n| n.has_tag_name((METADATA_NS, "instance")))
-    else {
+    let Some(inst) = doc.descendants().find(|n| ours(n, "instance")) else {
         return Ok(None);
     };
     let mut tags = BTreeMap::new();
-    for t in inst
-        .children()
-        .filter(|n| n.has_tag_name((METADATA_NS, "tag")))
-    {
+    for t in inst.children().filter(|n| ours(n, "tag")) {
         let key = t.attribute("key").ok_or_else(|| ParseError {
             what: "instance metadata",
             why: "a tag without a key".into(),
@@ -326,6 +329,11 @@ mod tests {
         let tags = parse_tags(&back).unwrap().unwrap();
         assert_eq!(tags.get("peerpod-node").map(String::as_str), Some("n1"));
         assert_eq!(tags.get("empty").map(String::as_str), Some(""));
+        // What libvirt 11 actually returns: the namespace stripped.
+        let stripped = "<instance>\n  <tag key=\"peerpod-node\">n1</tag>\n</instance>\n";
+        let tags = parse_tags(stripped).unwrap().unwrap();
+        assert_eq!(tags.len(), 1);
+        assert_eq!(tags.get("peerpod-node").map(String::as_str), Some("n1"));
     }
 
     #[test]
