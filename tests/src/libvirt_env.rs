@@ -278,7 +278,6 @@ impl LibvirtEnv {
             cpu: Some("1".into()),
             memory: Some("512".into()),
             console_dir: Some(self.console_dir.clone()),
-            ip_wait_secs: Some("90".into()),
             ..Default::default()
         };
         raw.check().expect("test configuration is valid")
@@ -317,11 +316,24 @@ impl LibvirtEnv {
             .unwrap_or_default()
     }
 
-    /// Everything the test still has: domains of `needle`, volumes, logs.
+    /// The DHCP host reservations on the test network.
+    pub fn reservations(&self) -> Vec<String> {
+        virsh(&["net-dumpxml", &self.network])
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("<host "))
+            .map(String::from)
+            .collect()
+    }
+
+    /// Everything the test still has: domains of `needle`, volumes, logs,
+    /// address reservations.
     pub fn leftovers(&self, needle: &str) -> Vec<String> {
         let mut v = Self::domains_named(needle);
         v.extend(self.volumes());
         v.extend(self.console_logs());
+        v.extend(self.reservations());
         v
     }
 

@@ -122,7 +122,7 @@ struct LibvirtArgs {
     /// Storage pool for the VMs' volumes and config drives (default).
     #[arg(long = "pool-name", env = "LIBVIRT_POOL")]
     pool: Option<String>,
-    /// libvirt network the VMs join; their address is its DHCP lease (default).
+    /// libvirt network the VMs join; each VM's address is reserved in its DHCP range (default).
     #[arg(long = "network-name", env = "LIBVIRT_NET")]
     network: Option<String>,
     /// Base image volume in the pool, for disk boot (podvm-base.qcow2).
@@ -152,9 +152,6 @@ struct LibvirtArgs {
     /// Directory for the VMs' serial console logs (/var/log/libvirt/qemu).
     #[arg(long, env = "LIBVIRT_CONSOLE_DIR")]
     console_dir: Option<PathBuf>,
-    /// Longest wait for a new VM's DHCP lease, in seconds (120).
-    #[arg(long, env = "LIBVIRT_IP_WAIT_SECONDS")]
-    ip_wait_seconds: Option<String>,
 }
 
 /// The Go adaptor's names (peer-pods-cm), so its ConfigMap works as is.
@@ -271,7 +268,6 @@ async fn provider(
                 memory: a.memory,
                 machine: a.machine,
                 console_dir: a.console_dir,
-                ip_wait_secs: a.ip_wait_seconds,
             };
             let cfg = raw
                 .check()

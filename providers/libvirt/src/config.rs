@@ -1,10 +1,9 @@
 //! The provider's settings, checked once at start-up. The names follow the
 //! Go adaptor's libvirt provider (`LIBVIRT_URI`, `LIBVIRT_POOL`,
 //! `LIBVIRT_NET`, `LIBVIRT_VOL_NAME`, `LIBVIRT_CPU`, `LIBVIRT_MEMORY`), plus
-//! ours for direct kernel boot, the domain type and the waits.
+//! ours for direct kernel boot, the domain type and the console logs.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Go adaptor default `LIBVIRT_URI`.
 pub const DEFAULT_URI: &str = "qemu:///system";
@@ -20,8 +19,6 @@ pub const DEFAULT_MEMORY_MIB: u64 = 8192;
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1";
 /// Where serial console logs go when not configured.
 pub const DEFAULT_CONSOLE_DIR: &str = "/var/log/libvirt/qemu";
-/// Longest wait for a new VM's DHCP lease.
-pub const DEFAULT_IP_WAIT: Duration = Duration::from_secs(120);
 
 /// The libvirt domain type. TCG (`qemu`) is the default: KVM is used only
 /// when configured, because a `/dev/kvm` that exists is no proof that
@@ -70,7 +67,6 @@ pub struct LibvirtConfig {
     /// Directory (on the libvirt host, which must be this host for
     /// `console_tail`) for the serial console logs.
     pub console_dir: PathBuf,
-    pub ip_wait: Duration,
 }
 
 impl LibvirtConfig {
@@ -88,7 +84,6 @@ impl LibvirtConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             machine: "q35".into(),
             console_dir: DEFAULT_CONSOLE_DIR.into(),
-            ip_wait: DEFAULT_IP_WAIT,
         }
     }
 }
@@ -108,7 +103,6 @@ pub struct RawLibvirtConfig {
     pub memory: Option<String>,
     pub machine: Option<String>,
     pub console_dir: Option<PathBuf>,
-    pub ip_wait_secs: Option<String>,
 }
 
 /// A setting that cannot be used.
@@ -223,11 +217,6 @@ impl RawLibvirtConfig {
             memory_mib: number(&self.memory, "LIBVIRT_MEMORY", DEFAULT_MEMORY_MIB)?,
             machine,
             console_dir,
-            ip_wait: Duration::from_secs(number(
-                &self.ip_wait_secs,
-                "LIBVIRT_IP_WAIT_SECONDS",
-                DEFAULT_IP_WAIT.as_secs(),
-            )?),
         })
     }
 }
@@ -260,14 +249,12 @@ mod tests {
             domain_type: Some("KVM".into()),
             cpu: Some(" 1 ".into()),
             memory: Some("512".into()),
-            ip_wait_secs: Some("30".into()),
             ..Default::default()
         };
         let c = raw.check().unwrap();
         assert_eq!(c.pool, "default");
         assert_eq!(c.domain_type, DomainType::Kvm);
         assert_eq!((c.vcpus, c.memory_mib), (1, 512));
-        assert_eq!(c.ip_wait, Duration::from_secs(30));
         match c.boot {
             Boot::Kernel {
                 cmdline, initrd, ..

@@ -33,9 +33,9 @@ pub enum Error {
     /// The configuration is unusable.
     #[error("{0}")]
     Config(String),
-    /// The VM got no address in time.
+    /// The network has no address left.
     #[error("{0}")]
-    Timeout(String),
+    Exhausted(String),
 }
 
 impl Error {
@@ -71,7 +71,7 @@ impl Error {
             },
             Error::Tool { .. } | Error::Config(_) => ErrorKind::InvalidConfig,
             Error::Parse(_) => ErrorKind::Permanent,
-            Error::Timeout(_) => ErrorKind::Transient,
+            Error::Exhausted(_) => ErrorKind::InsufficientCapacity,
         }
     }
 

@@ -13,8 +13,10 @@
 //!
 //! The instance id is the domain name (the deterministic instance name):
 //! libvirt refuses a second domain of one name, so a retried create can
-//! never duplicate a VM. The address is the DHCP lease the network's
-//! dnsmasq gave the domain's MAC, waited for up to `LIBVIRT_IP_WAIT_SECONDS`.
+//! never duplicate a VM. The address is chosen by the provider from the
+//! network's DHCP range and reserved there for the VM's MAC (see
+//! [`ops::Reservation`]), so create returns as soon as the domain starts:
+//! the adaptor's readiness check covers the boot.
 
 pub mod config;
 pub mod error;
@@ -32,14 +34,12 @@ use peerpod_provider_api::{
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// libvirt's limit is generous; keep names DNS labels like on the clouds.
 pub const MAX_NAME_LEN: usize = 63;
 /// Lines of the serial console `console_tail` returns.
 const TAIL_LINES: usize = 60;
-/// How often the DHCP leases are polled while a VM boots.
-const LEASE_POLL: Duration = Duration::from_millis(100);
 
 /// See the crate doc.
 pub struct LibvirtProvider {
@@ -77,29 +77,6 @@ impl LibvirtProvider {
         let n = name.to_string();
         if let Err(e) = self.blocking("clean up", move |c| ops::delete(c, &n)).await {
             tracing::warn!(instance = %name, error = %e, "cleaning up a failed create");
-        }
-    }
-
-    async fn wait_for_ip(&self, name: &str, mac: &str) -> Result<Vec<std::net::IpAddr>, Error> {
-        let deadline = Instant::now() + self.cfg.ip_wait;
-        loop {
-            let (n, m) = (name.to_string(), mac.to_string());
-            let ips = self
-                .blocking("wait for the DHCP lease", move |c| {
-                    ops::leased_ips(c, &n, &m)
-                })
-                .await?;
-            if !ips.is_empty() {
-                return Ok(ips);
-            }
-            if Instant::now() >= deadline {
-                let tail = self.console_tail(name).await.unwrap_or_default();
-                return Err(Error::Timeout(format!(
-                    "domain {name} (MAC {mac}) got no DHCP lease on network {} within {:?}; console tail:\n{tail}",
-                    self.cfg.network, self.cfg.ip_wait
-                )));
-            }
-            tokio::time::sleep(LEASE_POLL).await;
         }
     }
 }
@@ -157,27 +134,20 @@ impl Provider for LibvirtProvider {
             tokio::task::spawn_blocking(move || ops::create(&cfg, &spec)).await,
             "create domain",
         );
-        let mac = match made {
-            Ok(mac) => mac,
-            Err(e) => {
-                self.undo(&name).await;
-                return Err(e.into_provider_error(Some(&ctx)));
-            }
-        };
-        let defined = started.elapsed();
-        tracing::info!(instance = %name, vcpus, memory_mib = memory, %mac, took = ?defined, "domain started");
-        match self.wait_for_ip(&name, &mac).await {
-            Ok(ips) => {
+        match made {
+            Ok(res) => {
                 tracing::info!(
                     instance = %name,
-                    ip = %ips[0],
-                    lease_wait = ?(started.elapsed() - defined),
-                    "domain has its address"
+                    vcpus,
+                    memory_mib = memory,
+                    ip = %res.ip,
+                    took = ?started.elapsed(),
+                    "domain started"
                 );
                 Ok(Instance {
                     id: name.clone(),
                     name,
-                    ips,
+                    ips: vec![res.ip.into()],
                     tags,
                 })
             }

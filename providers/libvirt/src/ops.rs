@@ -5,9 +5,9 @@
 
 use crate::config::{Boot, LibvirtConfig};
 use crate::error::{Error, Step};
-use crate::xml::{self, DomainSpec, METADATA_NS};
+use crate::xml::{self, DomainSpec, NetworkIpv4, METADATA_NS};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -80,10 +80,152 @@ pub struct CreateSpec {
     pub iso: Vec<u8>,
 }
 
-/// Uploads the config drive, makes the root overlay (disk boot), defines
-/// and starts the domain. Returns the MAC of its interface. On error the
-/// caller deletes by name, which removes whatever was made.
-pub fn create(cfg: &LibvirtConfig, spec: &CreateSpec) -> Result<String, Error> {
+/// The address a VM was given: reserved for its MAC in the network's DHCP
+/// section (so dnsmasq never hands it to another guest, and a disk-booted
+/// image that runs DHCP gets the same address), and passed to the minimal
+/// image on the kernel command line (`peerpod.ip=ADDR/PREFIX,GATEWAY`), so
+/// it configures eth0 at once, without a DHCP exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+}
+
+fn update_flags(net: &Network) -> u32 {
+    let mut f = virt::sys::VIR_NETWORK_UPDATE_AFFECT_LIVE;
+    if net.is_persistent().unwrap_or(false) {
+        f |= virt::sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG;
+    }
+    f
+}
+
+fn network(s: &Session, cfg: &LibvirtConfig) -> Result<(Network, NetworkIpv4), Error> {
+    let net = Network::lookup_by_name(s.conn(), &cfg.network)
+        .step(format!("look up network {}", cfg.network))?;
+    let x = net
+        .get_xml_desc(0)
+        .step(format!("describe network {}", cfg.network))?;
+    let v4 = xml::parse_network(&x)?.ok_or_else(|| {
+        Error::Config(format!(
+            "network {} has no IPv4 DHCP range: the provider reserves each VM's address in it",
+            cfg.network
+        ))
+    })?;
+    Ok((net, v4))
+}
+
+/// Addresses leased to running domains (best effort: a domain that is not
+/// on a libvirt network has none).
+fn leased(s: &Session) -> Vec<Ipv4Addr> {
+    let Ok(doms) = s
+        .conn()
+        .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+    else {
+        return Vec::new();
+    };
+    doms.iter()
+        .filter_map(|d| {
+            d.interface_addresses(virt::sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
+                .ok()
+        })
+        .flatten()
+        .flat_map(|i| i.addrs)
+        .filter_map(|a| a.addr.parse().ok())
+        .collect()
+}
+
+/// Reserves a free address of the network's DHCP range for `mac`.
+pub fn reserve(
+    s: &Session,
+    cfg: &LibvirtConfig,
+    name: &str,
+    mac: &str,
+) -> Result<Reservation, Error> {
+    let taken = leased(s);
+    let mut last = None;
+    // Two creates may pick one address at once; libvirt refuses the second
+    // reservation, which then tries another.
+    for _ in 0..8 {
+        let (net, v4) = network(s, cfg)?;
+        let Some(ip) = xml::pick_address(&v4, &taken) else {
+            return Err(Error::Exhausted(format!(
+                "network {} has no free address in its DHCP range {}-{}",
+                cfg.network, v4.range.0, v4.range.1
+            )));
+        };
+        match net
+            .update(
+                virt::sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+                virt::sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
+                -1,
+                &xml::dhcp_host_xml(mac, name, ip),
+                update_flags(&net),
+            )
+            .step(format!(
+                "reserve {ip} for {name} on network {}",
+                cfg.network
+            )) {
+            Ok(()) => {
+                return Ok(Reservation {
+                    ip,
+                    prefix: v4.prefix,
+                    gateway: v4.gateway,
+                })
+            }
+            Err(e) => {
+                tracing::debug!(instance = %name, %ip, error = %e, "address reservation refused; trying another");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Exhausted("no address could be reserved".into())))
+}
+
+/// Drops the reservations made for `name`. A missing network has none.
+fn release(s: &Session, cfg: &LibvirtConfig, name: &str) -> Result<(), Error> {
+    let (net, v4) = match network(s, cfg) {
+        Ok(n) => n,
+        Err(e) if e.is_not_found() || matches!(e, Error::Config(_)) => return Ok(()),
+        Err(Error::Libvirt {
+            code: ErrorNumber::NoNetwork,
+            ..
+        }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for h in v4.hosts.iter().filter(|h| h.name.as_deref() == Some(name)) {
+        let mac = h.mac.clone().unwrap_or_default();
+        net.update(
+            virt::sys::VIR_NETWORK_UPDATE_COMMAND_DELETE,
+            virt::sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
+            -1,
+            &xml::dhcp_host_xml(&mac, name, h.ip),
+            update_flags(&net),
+        )
+        .step(format!(
+            "release {} of {name} on network {}",
+            h.ip, cfg.network
+        ))?;
+    }
+    Ok(())
+}
+
+/// The reserved address of each instance name on the network.
+pub fn reserved(s: &Session, cfg: &LibvirtConfig) -> BTreeMap<String, Ipv4Addr> {
+    network(s, cfg)
+        .map(|(_, v4)| {
+            v4.hosts
+                .into_iter()
+                .filter_map(|h| h.name.map(|n| (n, h.ip)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Uploads the config drive, makes the root overlay (disk boot), reserves
+/// the VM's address, defines and starts the domain. On error the caller
+/// deletes by name, which removes whatever was made.
+pub fn create(cfg: &LibvirtConfig, spec: &CreateSpec) -> Result<Reservation, Error> {
     let s = Session::open(&cfg.uri)?;
     let pool = s.pool(&cfg.pool)?;
     let name = &spec.name;
@@ -143,13 +285,29 @@ pub fn create(cfg: &LibvirtConfig, spec: &CreateSpec) -> Result<String, Error> {
     };
 
     let mac = xml::random_mac();
+    let res = reserve(&s, cfg, name, &mac)?;
+    let boot = match &cfg.boot {
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => Boot::Kernel {
+            kernel: kernel.clone(),
+            initrd: initrd.clone(),
+            cmdline: format!(
+                "{cmdline} peerpod.ip={}/{},{}",
+                res.ip, res.prefix, res.gateway
+            ),
+        },
+        other => other.clone(),
+    };
     let dom_xml = xml::domain_xml(&DomainSpec {
         name: name.clone(),
         domain_type: cfg.domain_type,
         vcpus: spec.vcpus,
         memory_mib: spec.memory_mib,
         machine: spec.machine.clone(),
-        boot: cfg.boot.clone(),
+        boot,
         root_disk,
         config_drive: iso_path,
         network: cfg.network.clone(),
@@ -159,7 +317,7 @@ pub fn create(cfg: &LibvirtConfig, spec: &CreateSpec) -> Result<String, Error> {
     });
     let dom = Domain::define_xml(s.conn(), &dom_xml).step(format!("define domain {name}"))?;
     dom.create().step(format!("start domain {name}"))?;
-    Ok(mac)
+    Ok(res)
 }
 
 fn volume_format(vol_xml: &str) -> Option<String> {
@@ -170,29 +328,8 @@ fn volume_format(vol_xml: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The IPv4 addresses the network's DHCP server leased to the domain's
-/// interface `mac` (empty while it has none).
-pub fn leased_ips(cfg: &LibvirtConfig, name: &str, mac: &str) -> Result<Vec<IpAddr>, Error> {
-    let s = Session::open(&cfg.uri)?;
-    let dom = Domain::lookup_by_name(s.conn(), name).step(format!("look up domain {name}"))?;
-    domain_ips(&dom, name, Some(mac))
-}
-
-fn domain_ips(dom: &Domain, name: &str, mac: Option<&str>) -> Result<Vec<IpAddr>, Error> {
-    let ifaces = dom
-        .interface_addresses(virt::sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
-        .step(format!("DHCP leases of domain {name}"))?;
-    Ok(ifaces
-        .iter()
-        .filter(|i| mac.is_none_or(|m| i.hwaddr.eq_ignore_ascii_case(m)))
-        .flat_map(|i| i.addrs.iter())
-        .filter_map(|a| a.addr.parse::<IpAddr>().ok())
-        .filter(IpAddr::is_ipv4)
-        .collect())
-}
-
-/// Destroys and undefines the domain and removes its volumes and console
-/// log. What does not exist counts as removed. Returns whether a domain
+/// Destroys and undefines the domain and removes its volumes, address
+/// reservation and console log. What does not exist counts as removed. Returns whether a domain
 /// was found.
 pub fn delete(cfg: &LibvirtConfig, name: &str) -> Result<bool, Error> {
     let s = Session::open(&cfg.uri)?;
@@ -217,6 +354,7 @@ pub fn delete(cfg: &LibvirtConfig, name: &str) -> Result<bool, Error> {
         Err(e) if e.is_not_found() => false,
         Err(e) => return Err(e),
     };
+    release(&s, cfg, name)?;
     let pool = s.pool(&cfg.pool)?;
     for vol in [iso_volume(name), root_volume(name)] {
         match StorageVol::lookup_by_name(&pool, &vol).step(format!("look up volume {vol}")) {
@@ -253,6 +391,7 @@ pub struct Listed {
 pub fn list(cfg: &LibvirtConfig) -> Result<Vec<Listed>, Error> {
     let s = Session::open(&cfg.uri)?;
     let doms = s.conn().list_all_domains(0).step("list domains")?;
+    let ips = reserved(&s, cfg);
     let mut out = Vec::new();
     for dom in doms {
         let Ok(name) = dom.get_name() else { continue };
@@ -275,11 +414,10 @@ pub fn list(cfg: &LibvirtConfig) -> Result<Vec<Listed>, Error> {
         let Some(tags) = xml::parse_tags(&meta)? else {
             continue;
         };
-        let ips = if dom.is_active().unwrap_or(false) {
-            domain_ips(&dom, &name, None).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let ips = ips
+            .get(&name)
+            .map(|ip| vec![IpAddr::V4(*ip)])
+            .unwrap_or_default();
         out.push(Listed { name, ips, tags });
     }
     Ok(out)

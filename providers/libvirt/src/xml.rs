@@ -378,3 +378,167 @@ mod tests {
         assert_eq!(m.len(), 17);
     }
 }
+
+/// A network's IPv4 subnet and DHCP set-up, as its XML says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkIpv4 {
+    /// The host's address on the network: the VMs' gateway.
+    pub gateway: std::net::Ipv4Addr,
+    pub prefix: u8,
+    /// The DHCP range, inclusive.
+    pub range: (std::net::Ipv4Addr, std::net::Ipv4Addr),
+    /// Reserved addresses: (MAC, name, IP).
+    pub hosts: Vec<DhcpHost>,
+}
+
+/// One `<host>` entry of a network's DHCP section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpHost {
+    pub mac: Option<String>,
+    pub name: Option<String>,
+    pub ip: std::net::Ipv4Addr,
+}
+
+/// The network's first IPv4 `<ip>` with a DHCP range, if any.
+pub fn parse_network(net_xml: &str) -> Result<Option<NetworkIpv4>, ParseError> {
+    let doc = parse_doc(net_xml, "network XML")?;
+    let bad = |why: String| ParseError {
+        what: "network XML",
+        why,
+    };
+    for ip in doc.descendants().filter(|n| n.has_tag_name("ip")) {
+        if ip.attribute("family").is_some_and(|f| f != "ipv4") {
+            continue;
+        }
+        let Some(dhcp) = ip.children().find(|n| n.has_tag_name("dhcp")) else {
+            continue;
+        };
+        let Some(range) = dhcp.children().find(|n| n.has_tag_name("range")) else {
+            continue;
+        };
+        let addr = |n: &roxmltree::Node, a: &str| -> Result<std::net::Ipv4Addr, ParseError> {
+            n.attribute(a)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad(format!("<{}> has no IPv4 {a}", n.tag_name().name())))
+        };
+        let gateway = addr(&ip, "address")?;
+        let prefix = match (ip.attribute("prefix"), ip.attribute("netmask")) {
+            (Some(p), _) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= 32)
+                .ok_or_else(|| bad(format!("prefix {p:?}")))?,
+            (None, Some(m)) => {
+                let m: std::net::Ipv4Addr = m.parse().map_err(|_| bad(format!("netmask {m:?}")))?;
+                u32::from(m).count_ones() as u8
+            }
+            (None, None) => 24,
+        };
+        let mut hosts = Vec::new();
+        for h in dhcp.children().filter(|n| n.has_tag_name("host")) {
+            if let Some(ip) = h.attribute("ip").and_then(|v| v.parse().ok()) {
+                hosts.push(DhcpHost {
+                    mac: h.attribute("mac").map(str::to_ascii_lowercase),
+                    name: h.attribute("name").map(str::to_string),
+                    ip,
+                });
+            }
+        }
+        return Ok(Some(NetworkIpv4 {
+            gateway,
+            prefix,
+            range: (addr(&range, "start")?, addr(&range, "end")?),
+            hosts,
+        }));
+    }
+    Ok(None)
+}
+
+/// The `<host>` element reserving `ip` for `mac` under `name`.
+pub fn dhcp_host_xml(mac: &str, name: &str, ip: std::net::Ipv4Addr) -> String {
+    format!(
+        "<host mac='{}' name='{}' ip='{ip}'/>",
+        escape(mac),
+        escape(name)
+    )
+}
+
+/// A random address of the DHCP range that is neither reserved nor in
+/// `taken` (nor the gateway).
+pub fn pick_address(net: &NetworkIpv4, taken: &[std::net::Ipv4Addr]) -> Option<std::net::Ipv4Addr> {
+    let (lo, hi) = (u32::from(net.range.0), u32::from(net.range.1));
+    if hi < lo {
+        return None;
+    }
+    let free: Vec<u32> = (lo..=hi)
+        .filter(|a| {
+            let ip = std::net::Ipv4Addr::from(*a);
+            ip != net.gateway && !taken.contains(&ip) && !net.hosts.iter().any(|h| h.ip == ip)
+        })
+        .collect();
+    if free.is_empty() {
+        return None;
+    }
+    Some(std::net::Ipv4Addr::from(
+        free[rand::random_range(0..free.len())],
+    ))
+}
+
+#[cfg(test)]
+mod network_tests {
+    use super::*;
+
+    const NET: &str = "<network><name>default</name><bridge name='virbr0'/>\
+        <ip address='192.168.122.1' netmask='255.255.255.0'><dhcp>\
+        <range start='192.168.122.2' end='192.168.122.254'/>\
+        <host mac='52:54:00:AA:BB:CC' name='podvm-a-1' ip='192.168.122.7'/>\
+        </dhcp></ip><ip family='ipv6' address='fd00::1' prefix='64'/></network>";
+
+    #[test]
+    fn network_subnet_range_and_reservations_are_read() {
+        let n = parse_network(NET).unwrap().unwrap();
+        assert_eq!(n.gateway, std::net::Ipv4Addr::new(192, 168, 122, 1));
+        assert_eq!(n.prefix, 24);
+        assert_eq!(n.range.1, std::net::Ipv4Addr::new(192, 168, 122, 254));
+        assert_eq!(
+            n.hosts,
+            vec![DhcpHost {
+                mac: Some("52:54:00:aa:bb:cc".into()),
+                name: Some("podvm-a-1".into()),
+                ip: std::net::Ipv4Addr::new(192, 168, 122, 7),
+            }]
+        );
+        assert_eq!(
+            parse_network("<network><ip address='10.0.0.1' prefix='16'/></network>").unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn picked_addresses_avoid_reserved_taken_and_gateway() {
+        let mut n = parse_network(NET).unwrap().unwrap();
+        n.range = (
+            std::net::Ipv4Addr::new(192, 168, 122, 1),
+            std::net::Ipv4Addr::new(192, 168, 122, 9),
+        );
+        let taken: Vec<_> = (2..=8)
+            .filter(|i| *i != 7)
+            .map(|i| std::net::Ipv4Addr::new(192, 168, 122, i))
+            .collect();
+        for _ in 0..20 {
+            assert_eq!(
+                pick_address(&n, &taken),
+                Some(std::net::Ipv4Addr::new(192, 168, 122, 9))
+            );
+        }
+        let mut all = taken.clone();
+        all.push(std::net::Ipv4Addr::new(192, 168, 122, 9));
+        assert_eq!(pick_address(&n, &all), None);
+        let h = dhcp_host_xml(
+            "52:54:00:01:02:03",
+            "podvm-x",
+            std::net::Ipv4Addr::new(10, 0, 0, 5),
+        );
+        assert!(roxmltree::Document::parse(&h).is_ok());
+    }
+}
