@@ -147,6 +147,21 @@ async fn main() -> anyhow::Result<()> {
         boots.push(boot);
         readies.push(ready);
         totals.push(total);
+        if run == 0 {
+            // The guest's own timeline (uptime stamps of its init).
+            let inst = provider
+                .list_instances(&OwnerTags {
+                    node: cfg.node_name.clone(),
+                    sandbox_id: id.clone(),
+                })
+                .await?;
+            if let Some(i) = inst.first() {
+                let tail = provider.console_tail(&i.id).await.unwrap_or_default();
+                for l in tail.lines().filter(|l| l.starts_with("podvm:") || l.contains("listening")) {
+                    println!("  guest: {l}");
+                }
+            }
+        }
         h.stop_vm(&id).await?;
         daemon.manager.wait_teardowns().await;
     }
