@@ -251,3 +251,28 @@ async fn a_create_that_fails_half_way_leaves_nothing_and_config_errors_are_clear
     let e = LibvirtProvider::new(cfg).verify().await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidConfig, "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvm_probe_settles_the_domain_type_and_leaves_nothing() {
+    let Some(env) = LibvirtEnv::new() else { return };
+    init_logging();
+    let mut cfg = env.config();
+    cfg.kvm_probe = true;
+    let p = LibvirtProvider::new(cfg);
+    let lines = p.verify().await.expect("verify with the probe");
+    let probe = lines
+        .iter()
+        .find(|l| l.starts_with("KVM probe:"))
+        .unwrap_or_else(|| panic!("no probe line in {lines:?}"));
+    eprintln!("{probe}");
+    let expected = if probe.ends_with("using kvm") {
+        peerpod_provider_libvirt::DomainType::Kvm
+    } else {
+        assert!(probe.ends_with("using qemu (TCG)"), "{probe}");
+        peerpod_provider_libvirt::DomainType::Qemu
+    };
+    assert_eq!(p.config().domain_type, expected);
+    assert!(!p.config().kvm_probe, "probed once");
+    assert!(LibvirtEnv::domains_named("peerpod-kvm-probe").is_empty());
+    assert!(env.console_logs().is_empty(), "{:?}", env.console_logs());
+}

@@ -21,8 +21,9 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1";
 pub const DEFAULT_CONSOLE_DIR: &str = "/var/log/libvirt/qemu";
 
 /// The libvirt domain type. TCG (`qemu`) is the default: KVM is used only
-/// when configured, because a `/dev/kvm` that exists is no proof that
-/// guests boot on it (nested hypervisors may hang a guest early in boot).
+/// when configured (`kvm`) or proven by a probe boot (`auto`), because a
+/// `/dev/kvm` that exists is no proof that guests boot on it (nested
+/// hypervisors may hang a guest early in boot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DomainType {
     Qemu,
@@ -60,6 +61,9 @@ pub struct LibvirtConfig {
     pub network: String,
     pub boot: Boot,
     pub domain_type: DomainType,
+    /// `LIBVIRT_DOMAIN_TYPE=auto`: boot the image once under KVM at start
+    /// (verify) and use KVM only if that guest reached its init.
+    pub kvm_probe: bool,
     pub vcpus: u32,
     pub memory_mib: u64,
     /// Machine type when the pod asks for none.
@@ -80,6 +84,7 @@ impl LibvirtConfig {
                 base_volume: DEFAULT_VOL_NAME.into(),
             },
             domain_type: DomainType::Qemu,
+            kvm_probe: false,
             vcpus: DEFAULT_VCPUS,
             memory_mib: DEFAULT_MEMORY_MIB,
             machine: "q35".into(),
@@ -186,15 +191,22 @@ impl RawLibvirtConfig {
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
-            None | Some("qemu") | Some("tcg") => DomainType::Qemu,
+            None | Some("qemu") | Some("tcg") | Some("auto") => DomainType::Qemu,
             Some("kvm") => DomainType::Kvm,
             Some(other) => {
                 return Err(bad(
                     "LIBVIRT_DOMAIN_TYPE",
-                    format!("{other:?}: use qemu (TCG) or kvm"),
+                    format!("{other:?}: use qemu (TCG), kvm or auto"),
                 ))
             }
         };
+        let kvm_probe = given(&self.domain_type).is_some_and(|t| t.eq_ignore_ascii_case("auto"));
+        if kvm_probe && !matches!(boot, Boot::Kernel { .. }) {
+            return Err(bad(
+                "LIBVIRT_DOMAIN_TYPE",
+                "auto needs LIBVIRT_KERNEL: the KVM probe boots the minimal image",
+            ));
+        }
         let machine = given(&self.machine).unwrap_or(&d.machine).to_string();
         if machine.contains('\0') {
             return Err(bad("LIBVIRT_MACHINE", "contains a NUL byte"));
@@ -213,6 +225,7 @@ impl RawLibvirtConfig {
             network: name(&self.network, "LIBVIRT_NET", DEFAULT_NET)?,
             boot,
             domain_type,
+            kvm_probe,
             vcpus: number(&self.cpu, "LIBVIRT_CPU", DEFAULT_VCPUS)?,
             memory_mib: number(&self.memory, "LIBVIRT_MEMORY", DEFAULT_MEMORY_MIB)?,
             machine,
@@ -254,6 +267,16 @@ mod tests {
         let c = raw.check().unwrap();
         assert_eq!(c.pool, "default");
         assert_eq!(c.domain_type, DomainType::Kvm);
+        assert!(!c.kvm_probe);
+        let auto = RawLibvirtConfig {
+            kernel: Some("/img/vmlinuz".into()),
+            domain_type: Some("auto".into()),
+            ..Default::default()
+        }
+        .check()
+        .unwrap();
+        // TCG until the probe has seen a KVM guest boot.
+        assert_eq!((auto.domain_type, auto.kvm_probe), (DomainType::Qemu, true));
         assert_eq!((c.vcpus, c.memory_mib), (1, 512));
         match c.boot {
             Boot::Kernel {
@@ -310,6 +333,13 @@ mod tests {
                     ..Default::default()
                 },
                 "LIBVIRT_POOL",
+            ),
+            (
+                RawLibvirtConfig {
+                    domain_type: Some("auto".into()),
+                    ..Default::default()
+                },
+                "LIBVIRT_DOMAIN_TYPE",
             ),
         ];
         for (raw, var) in cases {

@@ -43,9 +43,14 @@ const TAIL_LINES: usize = 60;
 
 /// See the crate doc.
 pub struct LibvirtProvider {
-    cfg: Arc<LibvirtConfig>,
+    /// Replaced once, when the KVM probe settles the domain type.
+    cfg: std::sync::RwLock<Arc<LibvirtConfig>>,
     xorriso: PathBuf,
 }
+
+/// How long the KVM probe guest gets to reach its init (TCG takes ~4 s,
+/// KVM well under 1 s; a guest hung on a broken nested KVM never does).
+pub const KVM_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl LibvirtProvider {
     pub fn new(cfg: LibvirtConfig) -> Self {
@@ -53,13 +58,67 @@ impl LibvirtProvider {
         // them in typed errors and the log instead.
         virt::error::clear_error_callback();
         Self {
-            cfg: Arc::new(cfg),
+            cfg: std::sync::RwLock::new(Arc::new(cfg)),
             xorriso: PathBuf::from("xorriso"),
         }
     }
 
-    pub fn config(&self) -> &LibvirtConfig {
-        &self.cfg
+    /// The configuration in force (the domain type settled by the probe).
+    pub fn config(&self) -> Arc<LibvirtConfig> {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `LIBVIRT_DOMAIN_TYPE=auto`: boots the image once as a KVM guest and
+    /// switches to KVM only if it reached its init in time; TCG otherwise.
+    /// Returns what it found, for verify's report.
+    pub async fn probe_kvm(&self) -> Result<String, Error> {
+        let cfg = self.config();
+        let name = format!(
+            "peerpod-kvm-probe-{:06x}",
+            rand::random::<u32>() & 0xff_ffff
+        );
+        let log = ops::console_log(&cfg, &name);
+        let started = Instant::now();
+        let (c, n, l) = (cfg.clone(), name.clone(), log.clone());
+        let booted = match joined(
+            tokio::task::spawn_blocking(move || ops::start_probe(&c, &n, &l)).await,
+            "KVM probe",
+        ) {
+            Err(e) => Err(e.to_string()),
+            Ok(()) => loop {
+                let text = tokio::fs::read_to_string(&log).await.unwrap_or_default();
+                if text.contains("init started") {
+                    break Ok(started.elapsed());
+                }
+                if started.elapsed() > KVM_PROBE_WAIT {
+                    break Err(format!("no init within {KVM_PROBE_WAIT:?}"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            },
+        };
+        let (c, n) = (cfg.clone(), name.clone());
+        if let Err(e) = joined(
+            tokio::task::spawn_blocking(move || ops::stop_probe(&c, &n)).await,
+            "stop the KVM probe",
+        ) {
+            tracing::warn!(domain = %name, error = %e, "stopping the KVM probe");
+        }
+        let _ = tokio::fs::remove_file(&log).await;
+        let mut next = (*cfg).clone();
+        next.kvm_probe = false;
+        let line = match booted {
+            Ok(t) => {
+                next.domain_type = DomainType::Kvm;
+                format!("KVM probe: a KVM guest reached its init in {t:.1?}: using kvm")
+            }
+            Err(why) => {
+                next.domain_type = DomainType::Qemu;
+                format!("KVM probe: {why}: using qemu (TCG)")
+            }
+        };
+        tracing::info!("{line}");
+        *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok(line)
     }
 
     async fn blocking<T: Send + 'static>(
@@ -67,7 +126,7 @@ impl LibvirtProvider {
         step: &'static str,
         f: impl FnOnce(&LibvirtConfig) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let cfg = self.cfg.clone();
+        let cfg = self.config();
         joined(tokio::task::spawn_blocking(move || f(&cfg)).await, step)
     }
 
@@ -110,20 +169,21 @@ impl Provider for LibvirtProvider {
             .await
             .map_err(|e| e.into_provider_error(Some(&ctx)))?;
         let tags = req.all_tags();
+        let base = self.config();
         let spec = ops::CreateSpec {
             name: name.clone(),
-            vcpus: req.vcpus.unwrap_or(self.cfg.vcpus).max(1),
-            memory_mib: req.memory_mib.unwrap_or(self.cfg.memory_mib).max(128),
+            vcpus: req.vcpus.unwrap_or(base.vcpus).max(1),
+            memory_mib: req.memory_mib.unwrap_or(base.memory_mib).max(128),
             machine: req
                 .machine_type
                 .clone()
                 .filter(|m| !m.trim().is_empty())
-                .unwrap_or_else(|| self.cfg.machine.clone()),
+                .unwrap_or_else(|| base.machine.clone()),
             tags: tags.clone(),
             iso,
         };
         // The pod's image annotation names another base volume in the pool.
-        let mut cfg = (*self.cfg).clone();
+        let mut cfg = (*base).clone();
         if let (Boot::Disk { base_volume }, Some(img)) = (&mut cfg.boot, &req.image) {
             if !img.trim().is_empty() {
                 *base_volume = img.trim().to_string();
@@ -185,6 +245,9 @@ impl Provider for LibvirtProvider {
 
     async fn verify(&self) -> Result<Vec<String>, ProviderError> {
         let mut lines = self.blocking("verify", ops::verify).await?;
+        if self.config().kvm_probe {
+            lines.push(self.probe_kvm().await?);
+        }
         let out = tokio::process::Command::new(&self.xorriso)
             .arg("-version")
             .output()
@@ -202,7 +265,7 @@ impl Provider for LibvirtProvider {
     }
 
     async fn console_tail(&self, instance_id: &str) -> Option<String> {
-        let path = ops::console_log(&self.cfg, instance_id);
+        let path = ops::console_log(&self.config(), instance_id);
         tokio::task::spawn_blocking(move || tail(&path, TAIL_LINES))
             .await
             .ok()

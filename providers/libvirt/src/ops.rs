@@ -487,6 +487,51 @@ pub fn verify(cfg: &LibvirtConfig) -> Result<Vec<String>, Error> {
     Ok(lines)
 }
 
+/// Starts the KVM probe domain `name` (see [`xml::probe_xml`]).
+pub fn start_probe(cfg: &LibvirtConfig, name: &str, log: &std::path::Path) -> Result<(), Error> {
+    let Boot::Kernel {
+        kernel,
+        initrd,
+        cmdline,
+    } = &cfg.boot
+    else {
+        return Err(Error::Config(
+            "the KVM probe needs direct kernel boot".into(),
+        ));
+    };
+    std::fs::create_dir_all(&cfg.console_dir).step(format!(
+        "console log directory {}",
+        cfg.console_dir.display()
+    ))?;
+    let s = Session::open(&cfg.uri)?;
+    Domain::create_xml(
+        s.conn(),
+        &xml::probe_xml(name, kernel, initrd.as_deref(), cmdline, log),
+        0,
+    )
+    .step(format!("start the KVM probe domain {name}"))?;
+    Ok(())
+}
+
+/// Destroys the (transient) probe domain if it still runs.
+pub fn stop_probe(cfg: &LibvirtConfig, name: &str) -> Result<(), Error> {
+    let s = Session::open(&cfg.uri)?;
+    match Domain::lookup_by_name(s.conn(), name).step(format!("look up {name}")) {
+        Ok(d) => {
+            if d.is_active().unwrap_or(false) {
+                if let Err(e) = d.destroy().step(format!("destroy {name}")) {
+                    if d.is_active().unwrap_or(false) {
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -136,6 +136,34 @@ pub fn domain_xml(d: &DomainSpec) -> String {
     )
 }
 
+/// The KVM probe: a transient KVM domain booting the kernel and initramfs
+/// with `peerpod.probe=1` (the minimal image's init then reports
+/// "init started" on the serial console and powers off), no disk, no NIC.
+pub fn probe_xml(
+    name: &str,
+    kernel: &std::path::Path,
+    initrd: Option<&std::path::Path>,
+    cmdline: &str,
+    console_log: &std::path::Path,
+) -> String {
+    let path = |p: &std::path::Path| escape(&p.to_string_lossy());
+    format!(
+        "<domain type='kvm'><name>{}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='q35'>hvm</type><kernel>{}</kernel>{}\
+         <cmdline>{} peerpod.probe=1</cmdline></os><features><acpi/></features>\
+         <cpu mode='host-passthrough'/><on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot>\
+         <devices><serial type='file'><source path='{}' append='off'/><target port='0'/></serial>\
+         <controller type='usb' model='none'/><memballoon model='none'/></devices></domain>",
+        escape(name),
+        path(kernel),
+        initrd
+            .map(|i| format!("<initrd>{}</initrd>", path(i)))
+            .unwrap_or_default(),
+        escape(cmdline),
+        path(console_log)
+    )
+}
+
 /// A raw volume of `bytes` (the config-drive ISO, uploaded after creation),
 /// readable by its owner only: it carries the VM's TLS key.
 pub fn raw_volume_xml(name: &str, bytes: u64) -> String {
@@ -369,6 +397,23 @@ mod tests {
         assert!(doc
             .descendants()
             .any(|n| n.has_tag_name("path") && n.text() == Some("/pool/base.qcow2")));
+    }
+
+    #[test]
+    fn probe_is_a_diskless_kvm_domain_with_the_probe_flag() {
+        let x = probe_xml(
+            "peerpod-kvm-probe-1",
+            Path::new("/img/vmlinuz"),
+            Some(Path::new("/img/initrd.img")),
+            "console=ttyS0",
+            Path::new("/log/p.log"),
+        );
+        let doc = roxmltree::Document::parse(&x).unwrap();
+        assert_eq!(doc.root_element().attribute("type"), Some("kvm"));
+        assert!(x.contains("<cmdline>console=ttyS0 peerpod.probe=1</cmdline>"));
+        assert!(!doc
+            .descendants()
+            .any(|n| n.has_tag_name("disk") || n.has_tag_name("interface")));
     }
 
     #[test]

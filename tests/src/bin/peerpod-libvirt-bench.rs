@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 struct Args {
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Domain type (qemu = TCG, kvm).
+    /// Domain type (qemu = TCG, kvm, auto = probe).
     #[arg(long, default_value = "qemu")]
     domain_type: String,
 }
@@ -81,18 +81,23 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let env = LibvirtEnv::new().context("libvirt is not usable here (see the line above)")?;
     let mut lc = env.config();
-    lc.domain_type = peerpod_provider_libvirt::RawLibvirtConfig {
+    let chosen = peerpod_provider_libvirt::RawLibvirtConfig {
         domain_type: Some(args.domain_type.clone()),
+        kernel: Some(env.image.join("vmlinuz")),
         ..Default::default()
     }
     .check()
-    .map_err(|e| anyhow::anyhow!("{e}"))?
-    .domain_type;
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    lc.domain_type = chosen.domain_type;
+    lc.kvm_probe = chosen.kvm_probe;
     let console_dir = lc.console_dir.clone();
     let provider = Arc::new(Timed {
         inner: LibvirtProvider::new(lc),
         creates: Mutex::new(Vec::new()),
     });
+    for line in provider.verify().await? {
+        println!("checked: {line}");
+    }
     let dir = tempfile::tempdir()?;
     let mut cfg = config_in(dir.path(), &format!("bench-{}", env.token));
     cfg.worker_ip = Some(env.gateway.into());
@@ -157,7 +162,10 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             if let Some(i) = inst.first() {
                 let tail = provider.console_tail(&i.id).await.unwrap_or_default();
-                for l in tail.lines().filter(|l| l.starts_with("podvm:") || l.contains("listening")) {
+                for l in tail
+                    .lines()
+                    .filter(|l| l.starts_with("podvm:") || l.contains("listening"))
+                {
                     println!("  guest: {l}");
                 }
             }
