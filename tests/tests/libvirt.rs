@@ -276,3 +276,77 @@ async fn kvm_probe_settles_the_domain_type_and_leaves_nothing() {
     assert!(LibvirtEnv::domains_named("peerpod-kvm-probe").is_empty());
     assert!(env.console_logs().is_empty(), "{:?}", env.console_logs());
 }
+
+/// The debian variant (`podvm-image/build.sh --variant debian`; minutes to
+/// build, so not part of CI): direct kernel boot of its kernel and initrd
+/// with a per-VM overlay of its root disk, systemd starting the user-data
+/// step, kata-agent and forwarder. Runs when PEERPOD_PODVM_DEBIAN_DIR names
+/// the build's output directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_image_boots_to_ready_when_built() {
+    let Some(img) = std::env::var_os("PEERPOD_PODVM_DEBIAN_DIR").map(std::path::PathBuf::from)
+    else {
+        eprintln!("SKIPPED: set PEERPOD_PODVM_DEBIAN_DIR to a podvm-image/build.sh --variant debian output");
+        return;
+    };
+    let Some(env) = LibvirtEnv::new() else { return };
+    init_logging();
+    let t = env.token.clone();
+    std::fs::copy(
+        img.join("podvm.qcow2"),
+        env.pool_dir.join("podvm-debian.qcow2"),
+    )
+    .unwrap();
+    peerpod_tests::libvirt_env::virsh(&["pool-refresh", &env.pool]).unwrap();
+    let cmdline = std::fs::read_to_string(img.join("cmdline")).unwrap();
+    let mut lc = env.config();
+    lc.boot = peerpod_provider_libvirt::Boot::Kernel {
+        kernel: img.join("vmlinuz"),
+        initrd: Some(img.join("initrd.img")),
+        cmdline: cmdline.trim().to_string(),
+    };
+    lc.kernel_root_volume = Some("podvm-debian.qcow2".into());
+    lc.memory_mib = 1024;
+    let provider = Arc::new(LibvirtProvider::new(lc));
+    provider.verify().await.expect("verify");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path(), &format!("lv-deb-{t}"));
+    cfg.worker_ip = Some(env.gateway.into());
+    cfg.start_timeout = Duration::from_secs(300);
+    let daemon = Daemon::start(cfg.clone(), provider.clone()).await.unwrap();
+    let h = Hypervisor::connect(&cfg.socket).await.unwrap();
+    let id = format!("sbd{t}");
+    let sock = h
+        .create_vm(&id, shim_annotations(&format!("deb{t}"), "default"), "")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let r = h.start_vm(&id, Duration::from_secs(300)).await;
+    if r.is_err() {
+        for i in provider
+            .list_instances(&OwnerTags {
+                node: cfg.node_name.clone(),
+                sandbox_id: String::new(),
+            })
+            .await
+            .unwrap_or_default()
+        {
+            eprintln!(
+                "console:\n{}",
+                provider.console_tail(&i.id).await.unwrap_or_default()
+            );
+        }
+    }
+    r.expect("StartVM on the debian image");
+    eprintln!("debian pod VM ready in {:?}", started.elapsed());
+    agent_answers(std::path::Path::new(&sock)).await;
+    h.stop_vm(&id).await.unwrap();
+    daemon.manager.wait_teardowns().await;
+    let left: Vec<_> = env
+        .leftovers(&t)
+        .into_iter()
+        .filter(|v| v != "podvm-debian.qcow2")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    daemon.shutdown().await;
+}

@@ -60,6 +60,10 @@ pub struct LibvirtConfig {
     pub pool: String,
     pub network: String,
     pub boot: Boot,
+    /// With direct kernel boot, a base volume for a root disk (the debian
+    /// image: its kernel and initrd boot `root=LABEL=podvm-root` from a
+    /// per-VM overlay of it). `LIBVIRT_VOL_NAME` given with `LIBVIRT_KERNEL`.
+    pub kernel_root_volume: Option<String>,
     pub domain_type: DomainType,
     /// `LIBVIRT_DOMAIN_TYPE=auto`: boot the image once under KVM at start
     /// (verify) and use KVM only if that guest reached its init.
@@ -83,6 +87,7 @@ impl LibvirtConfig {
             boot: Boot::Disk {
                 base_volume: DEFAULT_VOL_NAME.into(),
             },
+            kernel_root_volume: None,
             domain_type: DomainType::Qemu,
             kvm_probe: false,
             vcpus: DEFAULT_VCPUS,
@@ -219,8 +224,13 @@ impl RawLibvirtConfig {
         if !console_dir.is_absolute() {
             return Err(bad("LIBVIRT_CONSOLE_DIR", "must be an absolute path"));
         }
+        let kernel_root_volume = match (&boot, given(&self.vol_name)) {
+            (Boot::Kernel { .. }, Some(_)) => Some(name(&self.vol_name, "LIBVIRT_VOL_NAME", "")?),
+            _ => None,
+        };
         Ok(LibvirtConfig {
             uri,
+            kernel_root_volume,
             pool: name(&self.pool, "LIBVIRT_POOL", DEFAULT_POOL)?,
             network: name(&self.network, "LIBVIRT_NET", DEFAULT_NET)?,
             boot,
@@ -275,6 +285,18 @@ mod tests {
         }
         .check()
         .unwrap();
+        assert_eq!(c.kernel_root_volume, None);
+        let debian = RawLibvirtConfig {
+            kernel: Some("/img/vmlinuz".into()),
+            vol_name: Some("podvm-debian.qcow2".into()),
+            ..Default::default()
+        }
+        .check()
+        .unwrap();
+        assert_eq!(
+            debian.kernel_root_volume.as_deref(),
+            Some("podvm-debian.qcow2")
+        );
         // TCG until the probe has seen a KVM guest boot.
         assert_eq!((auto.domain_type, auto.kvm_probe), (DomainType::Qemu, true));
         assert_eq!((c.vcpus, c.memory_mib), (1, 512));

@@ -184,9 +184,18 @@ impl Provider for LibvirtProvider {
         };
         // The pod's image annotation names another base volume in the pool.
         let mut cfg = (*base).clone();
-        if let (Boot::Disk { base_volume }, Some(img)) = (&mut cfg.boot, &req.image) {
-            if !img.trim().is_empty() {
-                *base_volume = img.trim().to_string();
+        if let Some(img) = req
+            .image
+            .as_deref()
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+        {
+            match &mut cfg.boot {
+                Boot::Disk { base_volume } => *base_volume = img.to_string(),
+                Boot::Kernel { .. } if cfg.kernel_root_volume.is_some() => {
+                    cfg.kernel_root_volume = Some(img.to_string())
+                }
+                Boot::Kernel { .. } => {}
             }
         }
         let (vcpus, memory) = (spec.vcpus, spec.memory_mib);

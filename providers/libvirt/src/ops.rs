@@ -258,9 +258,13 @@ pub fn create(cfg: &LibvirtConfig, spec: &CreateSpec) -> Result<Reservation, Err
         .step(format!("finish the upload of {iso_name}"))?;
     let iso_path = PathBuf::from(iso.get_path().step(format!("path of volume {iso_name}"))?);
 
-    let root_disk = match &cfg.boot {
-        Boot::Kernel { .. } => None,
-        Boot::Disk { base_volume } => {
+    let base_volume = match &cfg.boot {
+        Boot::Disk { base_volume } => Some(base_volume),
+        Boot::Kernel { .. } => cfg.kernel_root_volume.as_ref(),
+    };
+    let root_disk = match base_volume {
+        None => None,
+        Some(base_volume) => {
             let base = StorageVol::lookup_by_name(&pool, base_volume).step(format!(
                 "look up base image {base_volume} in pool {}",
                 cfg.pool
@@ -452,6 +456,11 @@ pub fn verify(cfg: &LibvirtConfig) -> Result<Vec<String>, Error> {
     lines.push(format!("network {} is active", cfg.network));
     match &cfg.boot {
         Boot::Kernel { kernel, initrd, .. } => {
+            if let Some(v) = &cfg.kernel_root_volume {
+                StorageVol::lookup_by_name(&pool, v)
+                    .step(format!("look up root image {v} in pool {}", cfg.pool))?;
+                lines.push(format!("root image {v} (overlay per VM)"));
+            }
             for p in std::iter::once(kernel).chain(initrd) {
                 let m = std::fs::metadata(p).step(format!("boot file {}", p.display()))?;
                 if !m.is_file() || m.len() == 0 {
