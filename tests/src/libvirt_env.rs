@@ -327,10 +327,23 @@ impl LibvirtEnv {
             .collect()
     }
 
-    /// Everything the test still has: domains of `needle`, volumes, logs,
-    /// address reservations.
+    /// libvirt's own QEMU logs of domains whose name carries `needle`.
+    pub fn qemu_logs(needle: &str) -> Vec<String> {
+        std::fs::read_dir("/var/log/libvirt/qemu")
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.contains(needle) && n.ends_with(".log"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Everything the test still has: domains of `needle` and their QEMU
+    /// logs, volumes, console logs, address reservations.
     pub fn leftovers(&self, needle: &str) -> Vec<String> {
         let mut v = Self::domains_named(needle);
+        v.extend(Self::qemu_logs(needle));
         v.extend(self.volumes());
         v.extend(self.console_logs());
         v.extend(self.reservations());
@@ -341,6 +354,9 @@ impl LibvirtEnv {
         for d in Self::domains_named(&self.token) {
             let _ = virsh(&["destroy", &d]);
             let _ = virsh(&["undefine", &d]);
+        }
+        for l in Self::qemu_logs(&self.token) {
+            let _ = std::fs::remove_file(Path::new("/var/log/libvirt/qemu").join(l));
         }
         for v in self.volumes() {
             let _ = virsh(&["vol-delete", &v, "--pool", &self.pool]);

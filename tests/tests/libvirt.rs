@@ -274,6 +274,11 @@ async fn kvm_probe_settles_the_domain_type_and_leaves_nothing() {
     assert_eq!(p.config().domain_type, expected);
     assert!(!p.config().kvm_probe, "probed once");
     assert!(LibvirtEnv::domains_named("peerpod-kvm-probe").is_empty());
+    assert!(
+        LibvirtEnv::qemu_logs("peerpod-kvm-probe").is_empty(),
+        "{:?}",
+        LibvirtEnv::qemu_logs("peerpod-kvm-probe")
+    );
     assert!(env.console_logs().is_empty(), "{:?}", env.console_logs());
 }
 

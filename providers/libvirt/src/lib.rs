@@ -104,6 +104,8 @@ impl LibvirtProvider {
             tracing::warn!(domain = %name, error = %e, "stopping the KVM probe");
         }
         let _ = tokio::fs::remove_file(&log).await;
+        let qemu_log = std::path::Path::new(ops::QEMU_LOG_DIR).join(format!("{name}.log"));
+        let _ = tokio::fs::remove_file(&qemu_log).await;
         let mut next = (*cfg).clone();
         next.kvm_probe = false;
         let line = match booted {

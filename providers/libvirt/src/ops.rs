@@ -59,6 +59,9 @@ impl Drop for Session {
     }
 }
 
+/// Where libvirt's system daemon writes each domain's QEMU log.
+pub const QEMU_LOG_DIR: &str = "/var/log/libvirt/qemu";
+
 /// The volume names an instance owns.
 pub fn iso_volume(name: &str) -> String {
     format!("{name}-cidata.iso")
@@ -369,6 +372,16 @@ pub fn delete(cfg: &LibvirtConfig, name: &str) -> Result<bool, Error> {
             },
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e),
+        }
+    }
+    // libvirt keeps QEMU's own log of every domain it ever ran and never
+    // removes it: one file per pod VM, for ever, on a busy node.
+    if cfg.uri == "qemu:///system" {
+        let qemu_log = PathBuf::from(QEMU_LOG_DIR).join(format!("{name}.log"));
+        if let Err(e) = std::fs::remove_file(&qemu_log) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %qemu_log.display(), error = %e, "removing libvirt's QEMU log");
+            }
         }
     }
     let log = console_log(cfg, name);
