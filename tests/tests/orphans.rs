@@ -50,31 +50,21 @@ async fn orphans_are_collected_after_grace_and_nothing_else_is() {
         cfg.forwarder_port,
     ));
     // Left behind before the adaptor (re)started: no record knows them.
-    let orphan = provider
-        .create_instance(request("gc-node", "lost1"))
-        .await
-        .unwrap();
+    let orphan = provider.create_instance(request("gc-node", "lost1")).await.unwrap();
     let untagged = {
         let mut r = request("gc-node", "");
         r.name = "podvm-untagged".into();
         provider.create_instance(r).await.unwrap()
     };
-    let foreign = provider
-        .create_instance(request("other-node", "theirs"))
-        .await
-        .unwrap();
+    let foreign = provider.create_instance(request("other-node", "theirs")).await.unwrap();
 
     let daemon = Daemon::start(cfg.clone(), provider.clone()).await.unwrap();
     let h = cloud_api_adaptor::client::Hypervisor::connect(&cfg.socket)
         .await
         .unwrap();
-    h.create_vm(
-        "live1",
-        cloud_api_adaptor::client::shim_annotations("web", "default"),
-        "",
-    )
-    .await
-    .unwrap();
+    h.create_vm("live1", cloud_api_adaptor::client::shim_annotations("web", "default"), "")
+        .await
+        .unwrap();
     h.start_vm("live1", Duration::from_secs(30)).await.unwrap();
 
     // Within the grace period: seen, not deleted.
@@ -83,10 +73,7 @@ async fn orphans_are_collected_after_grace_and_nothing_else_is() {
     seen.sort();
     let mut want = vec![orphan.id.clone(), untagged.id.clone()];
     want.sort();
-    assert_eq!(
-        seen, want,
-        "exactly this node's instances without a sandbox"
-    );
+    assert_eq!(seen, want, "exactly this node's instances without a sandbox");
     assert!(r.deleted.is_empty(), "not before the grace period");
 
     tokio::time::sleep(Duration::from_millis(2200)).await;
@@ -95,24 +82,15 @@ async fn orphans_are_collected_after_grace_and_nothing_else_is() {
     deleted.sort();
     assert_eq!(deleted, want);
     let live: Vec<String> = provider.live();
-    assert!(
-        !live.contains(&orphan.id) && !live.contains(&untagged.id),
-        "{live:?}"
-    );
-    assert!(
-        live.contains(&foreign.id),
-        "another node's instance is never touched"
-    );
+    assert!(!live.contains(&orphan.id) && !live.contains(&untagged.id), "{live:?}");
+    assert!(live.contains(&foreign.id), "another node's instance is never touched");
     let node = OwnerTags {
         node: "gc-node".into(),
         sandbox_id: String::new(),
     };
     let left = provider.list_instances(&node).await.unwrap();
     assert_eq!(left.len(), 1, "only the live sandbox's instance: {left:?}");
-    assert_eq!(
-        left[0].tags.get("peerpod-sandbox").map(String::as_str),
-        Some("live1")
-    );
+    assert_eq!(left[0].tags.get("peerpod-sandbox").map(String::as_str), Some("live1"));
 
     h.stop_vm("live1").await.unwrap();
     daemon.manager.wait_teardowns().await;
@@ -133,10 +111,7 @@ async fn a_dry_run_deletes_nothing() {
         &dir.path().join("instances"),
         cfg.forwarder_port,
     ));
-    let orphan = provider
-        .create_instance(request("gc-dry", "lost2"))
-        .await
-        .unwrap();
+    let orphan = provider.create_instance(request("gc-dry", "lost2")).await.unwrap();
     let daemon = Daemon::start(cfg, provider.clone()).await.unwrap();
     let r = daemon.manager.collect_orphans().await.unwrap();
     assert_eq!(r.orphans, vec![orphan.id.clone()]);
