@@ -3,7 +3,10 @@
 # machine (root, Rust toolchain present). Safe to run again.
 #   scripts/setup.sh          what the local demo needs (no cloud SDKs)
 #   scripts/setup.sh --tests  also moto (a local EC2 API) and every
-#                             provider feature, as the test suite builds
+#                             provider feature, as the test suite builds,
+#                             and libvirt + QEMU (as --libvirt)
+#   scripts/setup.sh --libvirt  libvirt, QEMU and the pod VM image tools
+#                             only (no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -21,6 +24,42 @@ if ((${#need_apt[@]})); then
     apt-get update -qq </dev/null
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" </dev/null
 fi
+# libvirt + QEMU come from bookworm-backports: plain bookworm's libvirt 9.0 /
+# QEMU 7.2 clash with the backports qemu-utils 10.0 these machines carry.
+# busybox-static, cpio and xorriso build the minimal pod VM image and the
+# config-drive ISO; dpkg-deb (dpkg) unpacks the Debian cloud kernel.
+setup_libvirt() {
+    local list=/etc/apt/sources.list.d/bookworm-backports.sources
+    if [[ ! -e $list ]]; then
+        log "adding the bookworm-backports apt source"
+        cat >"$list" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    fi
+    local pkgs=()
+    command -v libvirtd >/dev/null || pkgs+=(libvirt-daemon-system)
+    command -v qemu-system-x86_64 >/dev/null || pkgs+=(qemu-system-x86)
+    pkg-config --exists libvirt 2>/dev/null || pkgs+=(libvirt-dev)
+    [[ -x /bin/busybox ]] || pkgs+=(busybox-static)
+    command -v cpio >/dev/null || pkgs+=(cpio)
+    command -v xorriso >/dev/null || pkgs+=(xorriso)
+    command -v dnsmasq >/dev/null || pkgs+=(dnsmasq-base)
+    if ((${#pkgs[@]})); then
+        log "installing ${pkgs[*]} from bookworm-backports"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq </dev/null
+        apt-get install -y -qq --no-install-recommends -t bookworm-backports "${pkgs[@]}" </dev/null
+    fi
+}
+case ${1:-} in
+--tests) setup_libvirt ;;
+--libvirt) setup_libvirt; exit 0 ;;
+esac
+
 command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup) first" >&2; exit 1; }
 mkdir -p "$CARGO_TARGET_DIR"
 if [[ ${1:-} == --tests ]]; then

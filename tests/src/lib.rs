@@ -5,4 +5,6 @@
 pub mod agent_double;
 pub mod bins;
 pub mod harness;
+#[cfg(feature = "libvirt")]
+pub mod libvirt_env;
 pub mod process_provider;

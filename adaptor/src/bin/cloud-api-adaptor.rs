@@ -116,6 +116,9 @@ enum ProviderCmd {
     /// Pod VMs are Compute Engine confidential instances (SEV-SNP unless configured otherwise).
     #[cfg(feature = "gcp")]
     Gcp(Box<GcpArgs>),
+    /// Pod VMs are libvirt domains (QEMU/TCG by default, KVM when configured).
+    #[cfg(feature = "libvirt")]
+    Libvirt(Box<LibvirtArgs>),
 }
 
 /// GCP settings (env names as in the issue and the Go adaptor where it has them).
@@ -167,6 +170,50 @@ struct GcpArgs {
     /// A service account key (JSON text); default: application default credentials.
     #[arg(long, env = "GCP_CREDENTIALS", hide_env_values = true)]
     gcp_credentials: Option<String>,
+}
+
+/// The Go adaptor's flag and env names where it has them (LIBVIRT_URI,
+/// LIBVIRT_POOL, LIBVIRT_NET, LIBVIRT_VOL_NAME, LIBVIRT_CPU,
+/// LIBVIRT_MEMORY), ours for the rest. Empty values mean "not set".
+#[cfg(feature = "libvirt")]
+#[derive(Args)]
+struct LibvirtArgs {
+    /// libvirt connection URI (qemu:///system).
+    #[arg(long, env = "LIBVIRT_URI")]
+    uri: Option<String>,
+    /// Storage pool for the VMs' volumes and config drives (default).
+    #[arg(long = "pool-name", env = "LIBVIRT_POOL")]
+    pool: Option<String>,
+    /// libvirt network the VMs join; each VM's address is reserved in its DHCP range (default).
+    #[arg(long = "network-name", env = "LIBVIRT_NET")]
+    network: Option<String>,
+    /// Base image volume in the pool, for disk boot (podvm-base.qcow2).
+    #[arg(long = "vol-name", env = "LIBVIRT_VOL_NAME")]
+    vol_name: Option<String>,
+    /// Kernel for direct kernel boot (the minimal pod VM image); disk boot when unset.
+    #[arg(long, env = "LIBVIRT_KERNEL")]
+    kernel: Option<PathBuf>,
+    /// Initramfs for direct kernel boot.
+    #[arg(long, env = "LIBVIRT_INITRD")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line for direct kernel boot.
+    #[arg(long, env = "LIBVIRT_CMDLINE")]
+    cmdline: Option<String>,
+    /// Domain type: qemu (TCG, the default) or kvm.
+    #[arg(long, env = "LIBVIRT_DOMAIN_TYPE")]
+    domain_type: Option<String>,
+    /// vCPUs of a VM when the pod asks for none (2).
+    #[arg(long, env = "LIBVIRT_CPU")]
+    cpu: Option<String>,
+    /// Memory of a VM in MiB when the pod asks for none (8192).
+    #[arg(long, env = "LIBVIRT_MEMORY")]
+    memory: Option<String>,
+    /// Machine type when the pod asks for none (q35).
+    #[arg(long, env = "LIBVIRT_MACHINE")]
+    machine: Option<String>,
+    /// Directory for the VMs' serial console logs (/var/log/libvirt/qemu).
+    #[arg(long, env = "LIBVIRT_CONSOLE_DIR")]
+    console_dir: Option<PathBuf>,
 }
 
 /// The Go adaptor's names (peer-pods-cm), so its ConfigMap works as is.
@@ -294,6 +341,29 @@ async fn provider(
                 .await
                 .map_err(|e| anyhow::anyhow!("gcp provider: {e}"))?;
             Ok(Arc::new(p))
+        }
+        #[cfg(feature = "libvirt")]
+        ProviderCmd::Libvirt(a) => {
+            let raw = peerpod_provider_libvirt::RawLibvirtConfig {
+                uri: a.uri,
+                pool: a.pool,
+                network: a.network,
+                vol_name: a.vol_name,
+                kernel: a.kernel,
+                initrd: a.initrd,
+                cmdline: a.cmdline,
+                domain_type: a.domain_type,
+                cpu: a.cpu,
+                memory: a.memory,
+                machine: a.machine,
+                console_dir: a.console_dir,
+            };
+            let cfg = raw
+                .check()
+                .map_err(|e| anyhow::anyhow!("libvirt provider configuration: {e}"))?;
+            Ok(Arc::new(peerpod_provider_libvirt::LibvirtProvider::new(
+                cfg,
+            )))
         }
         ProviderCmd::Local(a) => {
             let mut cfg = peerpod_provider_local::LocalConfig::with_defaults(

@@ -37,7 +37,13 @@ pub async fn setup(spec: &PodNetwork, underlay: &Netns, pod_ns: &str) -> Result<
     let iface = &spec.interface;
     nl::delete_link(&ph, &iface.name).await?;
 
-    let vx = LinkVxlan::new(&iface.name, spec.vni)
+    // Made under a temporary name, renamed once inside the pod namespace:
+    // kernels before 6.14 look a new link's name up in the namespace the
+    // request comes from, so creating `eth0` from a VM whose own NIC is
+    // `eth0` fails with EEXIST even though the link lands elsewhere.
+    let tmp_name = format!("ppvx{}", std::process::id() % 100_000_000);
+    nl::delete_link(&ph, &tmp_name).await?;
+    let vx = LinkVxlan::new(&tmp_name, spec.vni)
         .port(spec.port)
         .learning(false);
     let vx = match spec.worker_ip {
@@ -57,6 +63,20 @@ pub async fn setup(spec: &PodNetwork, underlay: &Netns, pod_ns: &str) -> Result<
         spec.worker_ip,
         pod.describe()
     )))?;
+    let tmp_index = nl::index_of(&ph, &tmp_name, &pod).await?;
+    ph.link()
+        .set(
+            rtnetlink::LinkUnspec::new_with_index(tmp_index)
+                .name(iface.name.clone())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(err(format!(
+            "rename VXLAN device {tmp_name} to {} in {}",
+            iface.name,
+            pod.describe()
+        )))?;
 
     let lo = nl::index_of(&ph, "lo", &pod).await?;
     nl::set_up(&ph, lo, "lo").await?;
