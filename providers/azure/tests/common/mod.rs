@@ -403,7 +403,9 @@ async fn handle(
                 ));
             }
             st.next_ip += 1;
-            let ip = format!("10.20.1.{}", st.next_ip);
+            // Loopback addresses: the adaptor test connects to them (nothing
+            // listens there), and no test traffic may leave the machine.
+            let ip = format!("127.0.0.{}", st.next_ip);
             v["id"] = json!(path);
             v["name"] = json!(path.rsplit('/').next().unwrap_or(""));
             v["properties"]["provisioningState"] = json!("Succeeded");
