@@ -213,6 +213,40 @@ impl ArmClient {
         }
     }
 
+    /// GET of a URL that needs no bearer token (a blob SAS URL): the token
+    /// is not sent. Returns at most the last `max_bytes` of the body.
+    pub async fn get_unauthenticated(
+        &self,
+        what: &str,
+        url: &str,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let mut resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| transient(what, e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(ProviderError::new(
+                crate::errors::kind_of("", status.as_u16()),
+                format!("{what}: HTTP {status}"),
+            ));
+        }
+        let mut out: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transient(what, e))? {
+            out.extend_from_slice(&chunk);
+            if out.len() > 2 * max_bytes {
+                out.drain(..out.len() - max_bytes);
+            }
+        }
+        if out.len() > max_bytes {
+            out.drain(..out.len() - max_bytes);
+        }
+        Ok(out)
+    }
+
     /// GET; `None` when the resource does not exist.
     pub async fn get(&self, what: &str, url: &str) -> Result<Option<Value>, ProviderError> {
         let r = self

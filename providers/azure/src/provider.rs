@@ -13,6 +13,10 @@
 //! NIC `<name>-nic` and disk `<name>-osdisk` follow from it, so a delete
 //! finds them even when the VM itself is already gone).
 //!
+//! The serial console tail comes from managed boot diagnostics
+//! (`retrieveBootDiagnosticsData` gives a short-lived SAS URL of the serial
+//! log blob, read without our token).
+//!
 //! VM sizes for fitting a pod's vCPU/memory request come from ARM's
 //! `vmSizes` list for the region, asked once and cached.
 
@@ -40,6 +44,10 @@ pub const GALLERY_API: &str = "2023-07-03";
 pub const NETWORK_API: &str = "2024-05-01";
 /// api-version of resource groups.
 pub const RESOURCES_API: &str = "2021-04-01";
+/// Lines of serial console `console_tail` returns.
+const CONSOLE_LINES: usize = 30;
+/// Most of the serial log read (its end).
+const CONSOLE_MAX_BYTES: usize = 256 * 1024;
 /// Azure's limit on VM names (Linux).
 pub const MAX_VM_NAME: usize = 64;
 
@@ -652,6 +660,52 @@ impl Provider for AzureProvider {
             }
         ));
         Ok(lines)
+    }
+
+    async fn console_tail(&self, instance_id: &str) -> Option<String> {
+        let name = vm_name(instance_id);
+        if name.trim().is_empty() {
+            return None;
+        }
+        let url = format!(
+            "{}&sasUriExpirationTimeInMinutes=5",
+            self.arm.url(
+                &format!("{}/retrieveBootDiagnosticsData", self.vm_path(name)),
+                COMPUTE_API
+            )
+        );
+        let r = match self
+            .arm
+            .call(
+                "retrieve boot diagnostics",
+                reqwest::Method::POST,
+                &url,
+                None,
+                &[],
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(vm = %name, error = %e, "no boot diagnostics");
+                return None;
+            }
+        };
+        let blob = r.body.get("serialConsoleLogBlobUri")?.as_str()?.to_string();
+        let raw = match self
+            .arm
+            .get_unauthenticated("read serial log", &blob, CONSOLE_MAX_BYTES)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(vm = %name, error = %e, "serial log unreadable");
+                return None;
+            }
+        };
+        let text = String::from_utf8_lossy(&raw);
+        let lines: Vec<&str> = text.lines().collect();
+        Some(lines[lines.len().saturating_sub(CONSOLE_LINES)..].join("\n"))
     }
 }
 

@@ -457,3 +457,32 @@ async fn verify_reports_what_it_checked_and_names_what_is_missing() {
     assert_eq!(e.kind, ErrorKind::PermissionDenied);
     assert_eq!(e.code.as_deref(), Some("AuthenticationFailed"));
 }
+
+#[tokio::test]
+async fn console_tail_reads_the_serial_log_without_our_token() {
+    let arm = FakeArm::start().await;
+    let p = provider(&arm, |_| {});
+    let i = p
+        .create_instance(request("podvm-con-1", "n", "s1"))
+        .await
+        .unwrap();
+    let tail = p.console_tail(&i.id).await.expect("a console tail");
+    let lines: Vec<&str> = tail.lines().collect();
+    assert_eq!(lines.len(), 30);
+    assert!(lines[29].ends_with("boot line 40"), "{tail}");
+    let blob = arm.sent("GET", "/blob/serial/");
+    assert_eq!(blob.len(), 1);
+    assert_eq!(
+        blob[0].auth, None,
+        "the bearer token is not sent to storage"
+    );
+    let post = arm.sent("POST", "/retrieveBootDiagnosticsData");
+    assert!(
+        post[0].query.contains("sasUriExpirationTimeInMinutes="),
+        "{}",
+        post[0].query
+    );
+    // A VM that is gone has no console.
+    p.delete_instance(&i.id).await.unwrap();
+    assert_eq!(p.console_tail(&i.id).await, None);
+}

@@ -306,6 +306,17 @@ async fn handle(
             &[],
         );
     }
+    // A serial log blob (SAS URL: no bearer token wanted).
+    if method == Method::GET && lower.starts_with("/blob/serial/") {
+        let name = lower.rsplit('/').next().unwrap_or("").to_string();
+        let text: String = (1..=40)
+            .map(|i| format!("[{i:>3}] {name} boot line {i}\n"))
+            .collect();
+        let mut r = Response::new(Full::new(Bytes::from(text)));
+        r.headers_mut()
+            .insert("content-type", "text/plain".parse().unwrap());
+        return r;
+    }
     if auth.as_deref() != Some(&format!("Bearer {TOKEN}")) {
         return error(&Fault::new(
             401,
@@ -379,6 +390,21 @@ async fn handle(
             ));
         }
         return reply(200, out, &[]);
+    }
+    if method == Method::POST && lower.ends_with("/retrievebootdiagnosticsdata") {
+        let vm = lower.trim_end_matches("/retrievebootdiagnosticsdata");
+        if !st.resources.contains_key(vm) {
+            return not_found(&path);
+        }
+        let name = vm.rsplit('/').next().unwrap_or("");
+        return reply(
+            200,
+            json!({
+                "consoleScreenshotBlobUri": format!("{base}/blob/screenshot/{name}?sv=2022-11-02&sig=x"),
+                "serialConsoleLogBlobUri": format!("{base}/blob/serial/{name}?sv=2022-11-02&sig=x"),
+            }),
+            &[],
+        );
     }
     let is_vm = lower.contains("/providers/microsoft.compute/virtualmachines/");
     let is_nic = lower.contains("/providers/microsoft.network/networkinterfaces/");
