@@ -177,6 +177,9 @@ struct AzureArgs {
     /// Workload identity token file (set by the AKS webhook).
     #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE")]
     azure_federated_token_file: Option<String>,
+    /// Another Entra ID authority (https URL; sovereign clouds).
+    #[arg(long, env = "AZURE_AUTHORITY_HOST")]
+    azure_authority_host: Option<String>,
 }
 
 /// The Go adaptor's names (peer-pods-cm), so its ConfigMap works as is.
@@ -306,6 +309,7 @@ async fn provider(
                 tenant_id: a.azure_tenant_id,
                 client_secret: a.azure_client_secret,
                 federated_token_file: a.azure_federated_token_file,
+                authority_host: a.azure_authority_host,
             };
             let (credential, kind) = creds
                 .build()

@@ -10,15 +10,19 @@
 //! 3. otherwise the node's managed identity (user-assigned when
 //!    `AZURE_CLIENT_ID` is set).
 //!
-//! `AZURE_AUTHORITY_HOST` (read by `azure_identity`) points the first two
-//! at another authority (sovereign clouds). [`StaticToken`] hands out a
-//! fixed bearer token, for tests and tools that already hold one.
+//! `AZURE_AUTHORITY_HOST` points the first two at another Entra ID
+//! authority (sovereign clouds; the tests' local HTTPS token endpoint).
+//! [`StaticToken`] hands out a fixed bearer token, for tests and tools that
+//! already hold one.
 
+use azure_core::cloud::CustomConfiguration;
 use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
+use azure_core::http::{ClientOptions, Transport};
 use azure_core::time::{Duration, OffsetDateTime};
 use azure_identity::{
-    ClientSecretCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
-    UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+    ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
+    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
+    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +37,8 @@ pub struct RawCredentials {
     pub tenant_id: Option<String>,
     pub client_secret: Option<String>,
     pub federated_token_file: Option<String>,
+    /// `AZURE_AUTHORITY_HOST` (https URL), else the public cloud's.
+    pub authority_host: Option<String>,
 }
 
 impl std::fmt::Debug for RawCredentials {
@@ -45,6 +51,7 @@ impl std::fmt::Debug for RawCredentials {
                 &self.client_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("federated_token_file", &self.federated_token_file)
+            .field("authority_host", &self.authority_host)
             .finish()
     }
 }
@@ -87,6 +94,38 @@ fn identity_error(key: &'static str, e: azure_core::Error) -> ConfigError {
 impl RawCredentials {
     /// The credential these settings select (see the module doc).
     pub fn build(&self) -> Result<(Arc<dyn TokenCredential>, CredentialKind), ConfigError> {
+        self.build_with_http(None)
+    }
+
+    /// The pipeline options of the `azure_identity` credential: our
+    /// authority host, and `http` as its HTTP client when given (tests: a
+    /// client that trusts the local token endpoint's certificate).
+    fn client_options(&self, http: Option<&reqwest::Client>) -> ClientOptions {
+        let mut o = ClientOptions::default();
+        if let Some(host) = non_empty(&self.authority_host) {
+            let mut c = CustomConfiguration::default();
+            c.authority_host = host;
+            o.cloud = Some(Arc::new(c.into()));
+        }
+        if let Some(h) = http {
+            o.transport = Some(Transport::new(Arc::new(h.clone())));
+        }
+        o
+    }
+
+    /// As [`Self::build`], with `http` as the token requests' HTTP client.
+    pub fn build_with_http(
+        &self,
+        http: Option<&reqwest::Client>,
+    ) -> Result<(Arc<dyn TokenCredential>, CredentialKind), ConfigError> {
+        if let Some(h) = non_empty(&self.authority_host) {
+            if !h.starts_with("https://") {
+                return Err(ConfigError {
+                    key: "AZURE_AUTHORITY_HOST",
+                    why: format!("{h:?} is not an https URL"),
+                });
+            }
+        }
         let client_id = non_empty(&self.client_id);
         let tenant_id = non_empty(&self.tenant_id);
         let need = |key: &'static str, v: &Option<String>, why: &str| {
@@ -102,7 +141,9 @@ impl RawCredentials {
                 client_id: Some(client_id),
                 tenant_id: Some(tenant_id),
                 token_file_path: Some(PathBuf::from(file)),
-                ..Default::default()
+                credential_options: ClientAssertionCredentialOptions {
+                    client_options: self.client_options(http),
+                },
             }))
             .map_err(|e| identity_error("AZURE_FEDERATED_TOKEN_FILE", e))?;
             return Ok((cred, CredentialKind::WorkloadIdentity));
@@ -110,14 +151,21 @@ impl RawCredentials {
         if let Some(secret) = non_empty(&self.client_secret) {
             let client_id = need("AZURE_CLIENT_ID", &client_id, "AZURE_CLIENT_SECRET")?;
             let tenant_id = need("AZURE_TENANT_ID", &tenant_id, "AZURE_CLIENT_SECRET")?;
-            let cred =
-                ClientSecretCredential::new(&tenant_id, client_id, Secret::new(secret), None)
-                    .map_err(|e| identity_error("AZURE_CLIENT_SECRET", e))?;
+            let options = ClientSecretCredentialOptions {
+                client_options: self.client_options(http),
+            };
+            let cred = ClientSecretCredential::new(
+                &tenant_id,
+                client_id,
+                Secret::new(secret),
+                Some(options),
+            )
+            .map_err(|e| identity_error("AZURE_CLIENT_SECRET", e))?;
             return Ok((cred, CredentialKind::ClientSecret));
         }
         let cred = ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
             user_assigned_id: client_id.map(UserAssignedId::ClientId),
-            ..Default::default()
+            client_options: self.client_options(http),
         }))
         .map_err(|e| identity_error("AZURE_CLIENT_ID", e))?;
         Ok((cred, CredentialKind::ManagedIdentity))
@@ -167,6 +215,7 @@ mod tests {
             tenant_id: Some("00000000-0000-0000-0000-00000000000d".into()),
             client_secret: Some("s3cret-value".into()),
             federated_token_file: Some(file.display().to_string()),
+            authority_host: None,
         };
         assert_eq!(wi.build().unwrap().1, CredentialKind::WorkloadIdentity);
         let cs = RawCredentials {
@@ -184,5 +233,10 @@ mod tests {
         assert!(!format!("{cs:?}").contains("s3cret-value"));
         let mi = RawCredentials::default();
         assert_eq!(mi.build().unwrap().1, CredentialKind::ManagedIdentity);
+        let plain = RawCredentials {
+            authority_host: Some("http://login.example".into()),
+            ..cs
+        };
+        assert_eq!(plain.build().unwrap_err().key, "AZURE_AUTHORITY_HOST");
     }
 }

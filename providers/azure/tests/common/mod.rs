@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod token;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response, StatusCode};
