@@ -221,12 +221,13 @@ impl ArmClient {
         url: &str,
         max_bytes: usize,
     ) -> Result<Vec<u8>, ProviderError> {
+        // The URL carries a SAS signature: keep it out of errors and logs.
         let mut resp = self
             .http
             .get(url)
             .send()
             .await
-            .map_err(|e| transient(what, e))?;
+            .map_err(|e| transient(what, e.without_url()))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(ProviderError::new(
@@ -235,7 +236,11 @@ impl ArmClient {
             ));
         }
         let mut out: Vec<u8> = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| transient(what, e))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| transient(what, e.without_url()))?
+        {
             out.extend_from_slice(&chunk);
             if out.len() > 2 * max_bytes {
                 out.drain(..out.len() - max_bytes);
