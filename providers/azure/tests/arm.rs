@@ -486,3 +486,26 @@ async fn console_tail_reads_the_serial_log_without_our_token() {
     p.delete_instance(&i.id).await.unwrap();
     assert_eq!(p.console_tail(&i.id).await, None);
 }
+
+#[tokio::test]
+async fn a_status_url_off_the_arm_endpoint_is_not_followed() {
+    let arm = FakeArm::start().await;
+    let p = provider(&arm, |_| {});
+    // Another origin on loopback that records any connection to it.
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_url = format!("http://{}", other.local_addr().unwrap());
+    arm.with(|s| s.foreign_op_origin = Some(other_url.clone()));
+    let e = p
+        .create_instance(request("podvm-foreign-1", "n", "s1"))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("not the ARM endpoint"), "{e}");
+    assert!(e.message.contains(&other_url), "{e}");
+    let accepted = tokio::time::timeout(Duration::from_millis(200), other.accept()).await;
+    assert!(
+        accepted.is_err(),
+        "nothing (and no token) went to the other origin"
+    );
+    arm.with(|s| s.foreign_op_origin = None);
+    nothing_left(&arm);
+}

@@ -82,6 +82,8 @@ pub struct State {
     pub vm_write_fault: Option<Fault>,
     /// The next N requests are answered 429 with `Retry-After: 0`.
     pub throttle_next: u32,
+    /// Status URLs of NIC PUTs point at this origin instead of ours.
+    pub foreign_op_origin: Option<String>,
     /// VMs per list page.
     pub page_size: usize,
     pub sizes: Vec<(String, u64, u64)>,
@@ -440,6 +442,10 @@ async fn handle(
             v["properties"]["ipConfigurations"][0]["properties"]["privateIPAddress"] = json!(ip);
             st.resources.insert(lower.clone(), v.clone());
             let op = st.new_op(base, None);
+            let op = match &st.foreign_op_origin {
+                Some(o) => op.replacen(base, o, 1),
+                None => op,
+            };
             reply(201, v, &[("azure-asyncoperation", op)])
         }
         Method::PUT if is_vm => {
