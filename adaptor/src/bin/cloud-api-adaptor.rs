@@ -119,6 +119,9 @@ enum ProviderCmd {
     /// Pod VMs are libvirt domains (QEMU/TCG by default, KVM when configured).
     #[cfg(feature = "libvirt")]
     Libvirt(Box<LibvirtArgs>),
+    /// Pod VMs are Azure confidential VMs (SEV-SNP unless DISABLECVM=true).
+    #[cfg(feature = "azure")]
+    Azure(Box<AzureArgs>),
 }
 
 /// GCP settings (env names as in the issue and the Go adaptor where it has them).
@@ -214,6 +217,70 @@ struct LibvirtArgs {
     /// Directory for the VMs' serial console logs (/var/log/libvirt/qemu).
     #[arg(long, env = "LIBVIRT_CONSOLE_DIR")]
     console_dir: Option<PathBuf>,
+}
+
+/// The Go adaptor's names (peer-pods-cm), so its ConfigMap works as is.
+/// Credentials: AZURE_CLIENT_ID + AZURE_TENANT_ID with
+/// AZURE_FEDERATED_TOKEN_FILE (workload identity) or AZURE_CLIENT_SECRET;
+/// else the managed identity.
+#[cfg(feature = "azure")]
+#[derive(Args)]
+struct AzureArgs {
+    #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
+    azure_subscription_id: Option<String>,
+    #[arg(long, env = "AZURE_REGION")]
+    azure_region: Option<String>,
+    #[arg(long, env = "AZURE_RESOURCE_GROUP")]
+    azure_resource_group: Option<String>,
+    /// Full id of the pods' subnet.
+    #[arg(long, env = "AZURE_SUBNET_ID")]
+    azure_subnet_id: Option<String>,
+    /// Network security group for the VMs' NICs.
+    #[arg(long, env = "AZURE_NSG_ID")]
+    azure_nsg_id: Option<String>,
+    /// The pod VM image: gallery image (version) id (required).
+    #[arg(long, env = "AZURE_IMAGE_ID")]
+    azure_image_id: Option<String>,
+    /// Default VM size (Standard_DC2as_v5).
+    #[arg(long, env = "AZURE_INSTANCE_SIZE")]
+    azure_instance_size: Option<String>,
+    /// VM sizes pods may get (comma list); sized from their annotations.
+    #[arg(long, env = "AZURE_INSTANCE_SIZES")]
+    azure_instance_sizes: Option<String>,
+    /// Extra tags on every VM and NIC: k=v,k2=v2.
+    #[arg(long, env = "TAGS")]
+    tags: Option<String>,
+    /// Plain VMs, not confidential (true/false): testing only.
+    #[arg(long, env = "DISABLECVM")]
+    disablecvm: Option<String>,
+    /// UEFI secure boot on the confidential VMs (true/false, default false).
+    #[arg(long, env = "ENABLE_SECURE_BOOT")]
+    enable_secure_boot: Option<String>,
+    /// The VMs' admin user (peerpod).
+    #[arg(long, env = "SSH_USERNAME")]
+    ssh_username: Option<String>,
+    /// SSH public key file for that user (default: a key nobody holds).
+    #[arg(long, env = "SSH_KEY_PATH")]
+    ssh_key_path: Option<String>,
+    /// OS disk size in GiB.
+    #[arg(long, env = "ROOT_VOLUME_SIZE")]
+    root_volume_size: Option<String>,
+    /// Another Resource Manager endpoint (sovereign cloud, a local test API).
+    #[arg(long, env = "AZURE_ARM_ENDPOINT")]
+    azure_arm_endpoint: Option<String>,
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    azure_client_id: Option<String>,
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    azure_tenant_id: Option<String>,
+    /// Service principal secret (prefer workload identity).
+    #[arg(long, env = "AZURE_CLIENT_SECRET", hide_env_values = true)]
+    azure_client_secret: Option<String>,
+    /// Workload identity token file (set by the AKS webhook).
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE")]
+    azure_federated_token_file: Option<String>,
+    /// Another Entra ID authority (https URL; sovereign clouds).
+    #[arg(long, env = "AZURE_AUTHORITY_HOST")]
+    azure_authority_host: Option<String>,
 }
 
 /// The Go adaptor's names (peer-pods-cm), so its ConfigMap works as is.
@@ -364,6 +431,48 @@ async fn provider(
             Ok(Arc::new(peerpod_provider_libvirt::LibvirtProvider::new(
                 cfg,
             )))
+        }
+        #[cfg(feature = "azure")]
+        ProviderCmd::Azure(a) => {
+            let a = *a;
+            let raw = peerpod_provider_azure::RawAzureConfig {
+                subscription_id: a.azure_subscription_id,
+                region: a.azure_region,
+                resource_group: a.azure_resource_group,
+                subnet_id: a.azure_subnet_id,
+                nsg_id: a.azure_nsg_id,
+                image_id: a.azure_image_id,
+                instance_size: a.azure_instance_size,
+                instance_sizes: a.azure_instance_sizes,
+                tags: a.tags,
+                disable_cvm: a.disablecvm,
+                secure_boot: a.enable_secure_boot,
+                ssh_username: a.ssh_username,
+                ssh_key_path: a.ssh_key_path,
+                root_volume_size: a.root_volume_size,
+                arm_endpoint: a.azure_arm_endpoint,
+            };
+            let cfg = raw
+                .check()
+                .map_err(|e| anyhow::anyhow!("azure provider configuration: {e}"))?;
+            let creds = peerpod_provider_azure::RawCredentials {
+                client_id: a.azure_client_id,
+                tenant_id: a.azure_tenant_id,
+                client_secret: a.azure_client_secret,
+                federated_token_file: a.azure_federated_token_file,
+                authority_host: a.azure_authority_host,
+            };
+            let (credential, kind) = creds
+                .build()
+                .map_err(|e| anyhow::anyhow!("azure credentials: {e}"))?;
+            tracing::info!(credential = kind.as_str(), subscription = %cfg.subscription_id, resource_group = %cfg.resource_group, region = %cfg.region, "azure provider");
+            let p = peerpod_provider_azure::AzureProvider::new(
+                cfg,
+                credential,
+                peerpod_provider_azure::ArmTiming::default(),
+            )
+            .map_err(|e| anyhow::anyhow!("azure provider: {e}"))?;
+            Ok(Arc::new(p))
         }
         ProviderCmd::Local(a) => {
             let mut cfg = peerpod_provider_local::LocalConfig::with_defaults(
