@@ -51,6 +51,9 @@ pub struct AdaptorConfig {
     pub registry_auth: Option<String>,
     /// Orphan VM collection.
     pub orphans: crate::orphans::OrphanPolicy,
+    /// Longest wait for one provider call before it is abandoned with a
+    /// retryable error (zero: no limit); see [`crate::provider_timeout`].
+    pub provider_timeout: Duration,
 }
 
 impl AdaptorConfig {
@@ -75,6 +78,7 @@ impl AdaptorConfig {
             initdata: None,
             registry_auth: None,
             orphans: crate::orphans::OrphanPolicy::default(),
+            provider_timeout: Duration::from_secs(600),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod manager;
 pub mod orphans;
 pub mod pod_network;
+pub mod provider_timeout;
 pub mod readiness;
 pub mod service;
 pub mod state;

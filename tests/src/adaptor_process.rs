@@ -182,6 +182,12 @@ impl AdaptorProcess {
 
     /// Starts the binary and waits until it answers Version.
     pub async fn start(&mut self) {
+        self.spawn();
+        self.wait_up().await;
+    }
+
+    /// Starts the binary without waiting for it.
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "adaptor already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -215,6 +221,10 @@ impl AdaptorProcess {
         }
         self.child = Some(cmd.spawn().expect("spawn cloud-api-adaptor"));
         self.starts += 1;
+    }
+
+    /// Waits until the running adaptor answers Version (recovery done).
+    pub async fn wait_up(&mut self) {
         for _ in 0..1500 {
             if let Ok(h) = Hypervisor::connect(&self.socket()).await {
                 if h.version().await.is_ok() {

@@ -5,5 +5,6 @@
 pub mod adaptor_process;
 pub mod agent_double;
 pub mod bins;
+pub mod faulty_provider;
 pub mod harness;
 pub mod process_provider;

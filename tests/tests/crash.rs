@@ -288,6 +288,7 @@ async fn sigkill_at_random_points_loses_and_leaks_nothing() {
 
     // The killer: random pauses, SIGKILL, restart.
     let mut kills = 0u32;
+    let mut early_kills = 0u32;
     while !(done.load(Ordering::SeqCst) && kills >= MIN_KILLS) {
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..1500))).await;
         if done.load(Ordering::SeqCst) && kills >= MIN_KILLS {
@@ -296,12 +297,20 @@ async fn sigkill_at_random_points_loses_and_leaks_nothing() {
         a.sigkill();
         kills += 1;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        if rng.random_bool(0.25) {
+            // Sometimes again while it recovers (before it serves).
+            a.spawn();
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
+            a.sigkill();
+            kills += 1;
+            early_kills += 1;
+        }
         a.start().await;
     }
     let running = all_done.await.expect("workers");
     let cycles = stats.cycles.load(Ordering::Relaxed);
     eprintln!(
-        "crash test: {kills} kills, {cycles} cycles, {} calls cut and retried, {} StartVM retries, \
+        "crash test: {kills} kills ({early_kills} during start-up/recovery), {cycles} cycles, {} calls cut and retried, {} StartVM retries, \
          {} StartVMs failed by the restart and stopped, {} CreateVM found done, {} double StopVMs, \
          {} sandboxes left running; cycles took {:?}",
         stats.lost_calls.load(Ordering::Relaxed),
@@ -451,7 +460,7 @@ async fn sigkill_at_random_points_loses_and_leaks_nothing() {
     assert!(records(&a.state()).is_empty());
     assert!(a.netns_list().is_empty(), "{:?}", a.netns_list());
     eprintln!(
-        "crash test: {kills} kills, {cycles} cycles, total {:?} (seed {seed})",
+        "crash test: {kills} kills ({early_kills} during start-up/recovery), {cycles} cycles, total {:?} (seed {seed})",
         began.elapsed()
     );
 }
