@@ -9,6 +9,7 @@ pub mod ca;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod framing_guard;
 pub mod manager;
 pub mod orphans;
 pub mod pod_network;
