@@ -260,6 +260,18 @@ impl AdaptorProcess {
         }
     }
 
+    /// Runs a command in the adaptor's mount namespace (e.g. `ip netns
+    /// add` for a pod namespace only this adaptor sees).
+    pub fn in_mount_ns(&self, program: &str, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg("--target")
+            .arg(self.mntns.pid().to_string())
+            .args(["--mount", "--", program])
+            .args(args)
+            .output()
+            .expect("nsenter")
+    }
+
     /// `ip netns list` as this adaptor sees it (names only).
     pub fn netns_list(&self) -> Vec<String> {
         let out = Command::new("nsenter")

@@ -1,7 +1,8 @@
 //! Crash test: the real `cloud-api-adaptor` binary (`local` provider) is
 //! SIGKILLed at random points while shim-like clients run 200
 //! create/start/stop cycles over 20 sandbox ids, and started again each
-//! time. A client behaves as the shims do: every call on a new
+//! time. Half the sandboxes have a pod network namespace, so their VXLAN
+//! tunnels are set up and torn down under the kills too. A client behaves as the shims do: every call on a new
 //! connection; a call cut by the kill is retried once the adaptor is back
 //! (a StartVM the restart turned into a failure is answered by StopVM);
 //! StopVM is sometimes sent twice. At the end: every sandbox the clients
@@ -35,14 +36,16 @@ enum Reply {
     Ok,
     /// The adaptor answered with a status: (code name, message).
     Status(String, String),
-    /// No answer: the connection failed (the adaptor is down or was killed).
+    /// No answer: the call was cut (the adaptor was killed during it).
     Lost,
+    /// No connection: the adaptor is down (the call was never made).
+    Down,
 }
 
 fn classify<T>(r: Result<T, ClientError>) -> (Reply, Option<T>) {
     match r {
         Ok(v) => (Reply::Ok, Some(v)),
-        Err(ClientError::Connect { .. }) => (Reply::Lost, None),
+        Err(ClientError::Connect { .. }) => (Reply::Down, None),
         Err(ClientError::Call { message, .. }) => {
             // Statuses are rendered "CODE: message"; transport errors are not.
             match message.split_once(": ") {
@@ -92,12 +95,12 @@ impl Client {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    async fn create(&self, id: &str) -> bool {
+    async fn create(&self, id: &str, netns: &str) -> bool {
         let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             let r = match self.hv().await {
                 Ok(h) => {
-                    h.create_vm(id, shim_annotations(&format!("pod-{id}"), "crash"), "")
+                    h.create_vm(id, shim_annotations(&format!("pod-{id}"), "crash"), netns)
                         .await
                 }
                 Err(e) => Err(e),
@@ -125,6 +128,7 @@ impl Client {
                     return false;
                 }
                 (Reply::Lost, _) => self.lost().await,
+                (Reply::Down, _) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
         self.anomaly(format!("CreateVM {id}: no success within 90 s"));
@@ -133,10 +137,9 @@ impl Client {
 
     /// StartVM, retried when cut; returns whether the sandbox runs.
     async fn start(&self, id: &str) -> bool {
-        for attempt in 0..8 {
-            if attempt > 0 {
-                self.stats.start_retried.fetch_add(1, Ordering::Relaxed);
-            }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut cut = 0;
+        while cut < 8 && Instant::now() < deadline {
             let r = match self.hv().await {
                 Ok(h) => h.start_vm(id, Duration::from_secs(60)).await,
                 Err(e) => Err(e),
@@ -157,10 +160,15 @@ impl Client {
                     self.stop(id).await;
                     return false;
                 }
-                (Reply::Lost, _) => self.lost().await,
+                (Reply::Lost, _) => {
+                    cut += 1;
+                    self.stats.start_retried.fetch_add(1, Ordering::Relaxed);
+                    self.lost().await
+                }
+                (Reply::Down, _) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
-        self.anomaly(format!("StartVM {id}: cut 8 times in a row"));
+        self.anomaly(format!("StartVM {id}: cut {cut} times in a row"));
         self.stop(id).await;
         false
     }
@@ -179,6 +187,7 @@ impl Client {
                     return;
                 }
                 (Reply::Lost, _) => self.lost().await,
+                (Reply::Down, _) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
         self.anomaly(format!("StopVM {id}: no answer within 90 s"));
@@ -196,7 +205,7 @@ async fn worker(w: usize, seed: u64, c: Client, stop_at_end: Vec<bool>) -> BTree
         let slot = slots[n % slots.len()];
         let id = format!("crash-{slot:02}");
         let last = n + slots.len() >= per_worker;
-        if c.create(&id).await && c.start(&id).await {
+        if c.create(&id, &pod_netns_path(slot)).await && c.start(&id).await {
             if last && !stop_at_end[slot] {
                 running.insert(id);
             } else {
@@ -210,6 +219,50 @@ async fn worker(w: usize, seed: u64, c: Client, stop_at_end: Vec<bool>) -> BTree
         c.stats.cycles.fetch_add(1, Ordering::Relaxed);
     }
     running
+}
+
+/// Even slots run with a pod network namespace ("what the CNI made").
+fn pod_netns(slot: usize) -> Option<String> {
+    slot.is_multiple_of(2).then(|| format!("crpod-{slot:02}"))
+}
+
+fn pod_netns_path(slot: usize) -> String {
+    pod_netns(slot)
+        .map(|n| format!("/run/netns/{n}"))
+        .unwrap_or_default()
+}
+
+/// A pod namespace as a CNI leaves it: eth0 with an address and a
+/// default route (in the adaptor's mount namespace, like its own).
+fn make_pod_netns(a: &AdaptorProcess, slot: usize, name: &str) {
+    let script = format!(
+        "ip netns add {name} && ip -n {name} link add eth0 type veth peer name cni0 && ip -n {name} link set cni0 up && \
+         ip -n {name} link set eth0 up && ip -n {name} addr add 10.96.{slot}.2/24 dev eth0 && \
+         ip -n {name} route add default via 10.96.{slot}.1"
+    );
+    let out = a.in_mount_ns("sh", &["-c", &script]);
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether the worker end of a tunnel is in pod namespace `name`: the
+/// VXLAN device, and our redirect filter on eth0.
+fn tunnel_in(a: &AdaptorProcess, name: &str) -> (bool, bool) {
+    let dev = a
+        .in_mount_ns("ip", &["-n", name, "link", "show", "ppvxlan0"])
+        .status
+        .success();
+    let filters = a.in_mount_ns(
+        "tc",
+        &["-n", name, "filter", "show", "dev", "eth0", "ingress"],
+    );
+    (
+        dev,
+        !String::from_utf8_lossy(&filters.stdout).trim().is_empty(),
+    )
 }
 
 fn records(state: &Path) -> BTreeMap<String, String> {
@@ -259,6 +312,26 @@ async fn sigkill_at_random_points_loses_and_leaks_nothing() {
     let began = Instant::now();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut a = AdaptorProcess::new(NODE, "10.217.7.0".parse().unwrap());
+    // Tunnels toward the instances over the test's bridge, on a port and
+    // VXLAN ids no other test uses.
+    a.args = [
+        "--worker-ip",
+        "10.217.7.1",
+        "--vxlan-port",
+        "4797",
+        "--vxlan-min-id",
+        "7700",
+        // Up to all 20 sandboxes run at once (more than the default 10).
+        "--limit-per-node",
+        "64",
+    ]
+    .map(String::from)
+    .to_vec();
+    for slot in 0..SLOTS {
+        if let Some(n) = pod_netns(slot) {
+            make_pod_netns(&a, slot, &n);
+        }
+    }
     a.start().await;
 
     let stats = Arc::new(Stats::default());
@@ -310,7 +383,7 @@ async fn sigkill_at_random_points_loses_and_leaks_nothing() {
     let running = all_done.await.expect("workers");
     let cycles = stats.cycles.load(Ordering::Relaxed);
     eprintln!(
-        "crash test: {kills} kills ({early_kills} during start-up/recovery), {cycles} cycles, {} calls cut and retried, {} StartVM retries, \
+        "crash test: {kills} kills ({early_kills} during start-up/recovery), {cycles} cycles, {} calls cut and retried ({} of them StartVMs), \
          {} StartVMs failed by the restart and stopped, {} CreateVM found done, {} double StopVMs, \
          {} sandboxes left running; cycles took {:?}",
         stats.lost_calls.load(Ordering::Relaxed),
@@ -410,7 +483,28 @@ async fn sigkill_at_random_points_loses_and_leaks_nothing() {
         want_netns.insert(ns);
         want_ports.insert(format!("ppl{}", &i.id[1..]));
     }
-    let netns: Vec<String> = a.netns_list();
+    // Tunnels: running sandboxes have theirs, stopped ones left nothing.
+    for slot in 0..SLOTS {
+        let Some(n) = pod_netns(slot) else { continue };
+        let id = format!("crash-{slot:02}");
+        let (dev, filter) = tunnel_in(&a, &n);
+        if running.contains(&id) {
+            assert!(
+                dev && filter,
+                "{id}: tunnel in {n} (device {dev}, filter {filter})"
+            );
+        } else {
+            assert!(
+                !dev && !filter,
+                "{id} stopped: tunnel left in {n} (device {dev}, filter {filter})"
+            );
+        }
+    }
+    let netns: Vec<String> = a
+        .netns_list()
+        .into_iter()
+        .filter(|n| !n.starts_with("crpod-"))
+        .collect();
     for ns in &netns {
         let owner = ns.strip_suffix("-pod").unwrap_or(ns);
         assert!(
@@ -458,7 +552,17 @@ async fn sigkill_at_random_points_loses_and_leaks_nothing() {
     }
     assert!(node_instances(&a).await.is_empty());
     assert!(records(&a.state()).is_empty());
-    assert!(a.netns_list().is_empty(), "{:?}", a.netns_list());
+    let left: Vec<String> = a
+        .netns_list()
+        .into_iter()
+        .filter(|n| !n.starts_with("crpod-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    for slot in 0..SLOTS {
+        if let Some(n) = pod_netns(slot) {
+            assert_eq!(tunnel_in(&a, &n), (false, false), "tunnel left in {n}");
+        }
+    }
     eprintln!(
         "crash test: {kills} kills ({early_kills} during start-up/recovery), {cycles} cycles, total {:?} (seed {seed})",
         began.elapsed()
