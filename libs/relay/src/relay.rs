@@ -207,6 +207,9 @@ async fn read_frame<R: AsyncRead + Unpin>(
     buf.clear();
     buf.extend_from_slice(&h.encode());
     let want = u64::from(h.length);
+    // Room for a typical frame at once (capacity only: no page is touched
+    // before bytes arrive); larger ones grow as they come.
+    buf.reserve((h.length as usize).min(KEEP_BUFFER_BYTES));
     let got = r.take(want).read_to_end(buf).await?;
     if (got as u64) < want {
         return Err(std::io::Error::new(
