@@ -16,7 +16,8 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use tokio::io::{
-    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    ReadHalf, WriteHalf,
 };
 use tokio::sync::Mutex;
 use ttrpc::Code;
@@ -192,11 +193,12 @@ async fn discard<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> std::io::Result<(
     Ok(())
 }
 
-/// Reads one payload after `h` into `buf` (header included at the front).
-/// The buffer grows with the bytes that actually arrive, never to the
-/// announced length up front: a peer that sends a header announcing 4 MiB
-/// and then nothing costs no more memory than it sent.
-async fn read_frame<R: AsyncRead + Unpin>(
+/// Reads one payload after `h` into `buf` (header included at the front),
+/// copying from the reader's buffer as bytes arrive: the buffer grows with
+/// what was actually received, never to the announced length up front, so
+/// a peer that sends a header announcing 4 MiB and then nothing costs no
+/// more memory than it sent.
+async fn read_frame<R: AsyncBufRead + Unpin>(
     r: &mut R,
     h: &FrameHeader,
     buf: &mut Vec<u8>,
@@ -206,16 +208,26 @@ async fn read_frame<R: AsyncRead + Unpin>(
     }
     buf.clear();
     buf.extend_from_slice(&h.encode());
-    let want = u64::from(h.length);
+    let want = h.length as usize;
     // Room for a typical frame at once (capacity only: no page is touched
     // before bytes arrive); larger ones grow as they come.
-    buf.reserve((h.length as usize).min(KEEP_BUFFER_BYTES));
-    let got = r.take(want).read_to_end(buf).await?;
-    if (got as u64) < want {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("connection closed inside a frame ({got} of {want} payload bytes)"),
-        ));
+    buf.reserve(want.min(KEEP_BUFFER_BYTES));
+    let mut left = want;
+    while left > 0 {
+        let chunk = r.fill_buf().await?;
+        if chunk.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "connection closed inside a frame ({} of {want} payload bytes)",
+                    want - left
+                ),
+            ));
+        }
+        let n = chunk.len().min(left);
+        buf.extend_from_slice(&chunk[..n]);
+        r.consume(n);
+        left -= n;
     }
     Ok(())
 }
@@ -234,7 +246,7 @@ enum Next {
 
 /// Reads the next frame into `buf`, or only its header when its payload
 /// is over `max` (both directions enforce the limit the same way).
-async fn next_frame<R: AsyncRead + Unpin>(
+async fn next_frame<R: AsyncBufRead + Unpin>(
     r: &mut R,
     max: u32,
     buf: &mut Vec<u8>,
