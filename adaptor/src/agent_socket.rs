@@ -5,6 +5,7 @@
 //! runtime-rs' read-only log connection are normal).
 
 use crate::upstream::Upstream;
+use peerpod_relay::relay::RelayOutcome;
 use peerpod_relay::{relay_connection, CreateContainerRewriter, RelayOptions, RequestRewriter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -147,5 +148,16 @@ async fn handle(
         }
     };
     let outcome = relay_connection(down, stream, opts.clone(), rewriter).await;
-    tracing::debug!(sandbox = %opts.label, ?outcome, "agent connection ended");
+    match &outcome {
+        // The caller cut a frame or sent bytes that are not ttrpc framing.
+        RelayOutcome::DownstreamError(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            tracing::warn!(sandbox = %opts.label, error = %e, "closed an agent connection whose caller broke the ttrpc framing");
+        }
+        _ => tracing::debug!(sandbox = %opts.label, ?outcome, "agent connection ended"),
+    }
 }

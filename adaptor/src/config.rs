@@ -53,6 +53,9 @@ pub struct AdaptorConfig {
     pub orphans: crate::orphans::OrphanPolicy,
     /// Where `/healthz`, `/readyz` and `/metrics` are served (none: off).
     pub probe_addr: Option<std::net::SocketAddr>,
+    /// Longest wait for one provider call before it is abandoned with a
+    /// retryable error (zero: no limit); see [`crate::provider_timeout`].
+    pub provider_timeout: Duration,
 }
 
 impl AdaptorConfig {
@@ -78,6 +81,7 @@ impl AdaptorConfig {
             registry_auth: None,
             orphans: crate::orphans::OrphanPolicy::default(),
             probe_addr: None,
+            provider_timeout: Duration::from_secs(600),
         }
     }
 

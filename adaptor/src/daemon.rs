@@ -1,7 +1,8 @@
 //! Start-up wiring: one adaptor per state directory (a lock file), the
 //! hypervisor socket bound early (runtime-rs resolves it when it loads its
 //! config) and never taken from a live owner, the probe endpoint, recovery
-//! of persisted sandboxes, then serving until a signal.
+//! of persisted sandboxes, then serving (behind a framing check) until a
+//! signal.
 
 use crate::agent_socket::{bind_exclusive, SocketError};
 use crate::config::AdaptorConfig;
@@ -12,7 +13,6 @@ use nix::fcntl::{Flock, FlockArg};
 use peerpod_protocols::hypervisor_ttrpc::create_hypervisor;
 use peerpod_provider_api::Provider;
 use std::sync::Arc;
-use ttrpc::r#async::transport::Listener;
 use ttrpc::r#async::Server;
 
 /// Why the daemon could not start.
@@ -89,7 +89,10 @@ impl Daemon {
         let recovered = manager.recover().await?;
         manager.spawn_orphan_collector();
         let mut server = Server::new()
-            .add_listener(Listener::from(listener))
+            .add_listener(crate::framing_guard::listener(
+                listener,
+                peerpod_relay::frame::DEFAULT_MAX_PAYLOAD,
+            ))
             .register_service(create_hypervisor(HypervisorService::new(manager.clone())));
         server.start().await?;
         probe_state.set_ready(manager.clone());

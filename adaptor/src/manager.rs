@@ -214,6 +214,10 @@ pub struct Manager {
 impl Manager {
     /// Opens the state directory and the node CA.
     pub fn new(cfg: AdaptorConfig, provider: Arc<dyn Provider>) -> Result<Arc<Self>, ManagerError> {
+        let provider: Arc<dyn Provider> = Arc::new(crate::provider_timeout::TimedProvider::new(
+            provider,
+            cfg.provider_timeout,
+        ));
         let store = Store::open(&cfg.state_dir)?;
         let (ca, client_tls) = if cfg.tls {
             let ca = NodeCa::load_or_create(&cfg.state_dir)?;
@@ -912,15 +916,29 @@ impl Manager {
         let _ = rx.wait_for(|n| *n == 0).await;
     }
 
+    /// Ids of every instance carrying this node's owner tag; `None` when
+    /// the provider cannot list (then nothing is concluded from absence).
+    async fn node_instance_ids(&self) -> Option<std::collections::HashSet<String>> {
+        match self.provider.list_instances(&self.owner("")).await {
+            Ok(v) => Some(v.into_iter().map(|i| i.id).collect()),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing this node's instances at start-up failed; running sandboxes are recovered unchecked");
+                None
+            }
+        }
+    }
+
     /// Reloads every persisted sandbox after a (re)start: running ones get
-    /// their agent socket and relay back, interrupted starts are cleaned
-    /// up, interrupted teardowns resume.
+    /// their agent socket and relay back (or are marked failed when the
+    /// provider no longer lists their instance), interrupted starts are
+    /// cleaned up, interrupted teardowns resume.
     pub async fn recover(self: &Arc<Self>) -> Result<usize, ManagerError> {
         let (records, bad) = self.store.load_all()?;
         for e in bad {
             tracing::error!(error = %e, "skipping an unreadable sandbox record (left on disk for inspection)");
         }
         let n = records.len();
+        let listed = self.node_instance_ids().await;
         for mut r in records {
             let id = r.id.clone();
             if check_sandbox_id(&id).is_err() {
@@ -948,6 +966,19 @@ impl Manager {
                 r.instance_ip = None;
                 r.last_error = Some("adaptor restarted during StartVM".into());
                 self.store.save(&r)?;
+            }
+            if let (Phase::Running, Some(listed)) = (r.phase, &listed) {
+                if !r.instance_id.as_ref().is_some_and(|i| listed.contains(i)) {
+                    tracing::warn!(sandbox = %id, instance_id = ?r.instance_id, "the pod VM of a running sandbox is gone (deleted while the adaptor was down): marking the sandbox failed");
+                    r.phase = Phase::Failed;
+                    r.last_error = Some(format!(
+                        "pod VM {} disappeared while the adaptor was down",
+                        r.instance_id.as_deref().unwrap_or("(none)")
+                    ));
+                    r.instance_id = None;
+                    r.instance_ip = None;
+                    self.store.save(&r)?;
+                }
             }
             let target = match r.phase {
                 Phase::Running => match r.instance_ip.map(|ip| self.upstream(&r.instance_name, ip))

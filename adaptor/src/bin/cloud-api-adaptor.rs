@@ -101,6 +101,14 @@ struct Global {
     /// Log orphan VMs instead of deleting them.
     #[arg(long, env = "PEERPOD_ORPHAN_DRY_RUN", global = true)]
     orphan_dry_run: bool,
+    /// Seconds one provider call (create, delete, list) may take before it is abandoned and retried (0: no limit).
+    #[arg(
+        long,
+        env = "PEERPOD_PROVIDER_TIMEOUT",
+        default_value_t = 600,
+        global = true
+    )]
+    provider_timeout: u64,
     /// Check the provider's configuration, print what was checked, and exit.
     #[arg(long, global = true)]
     check: bool,
@@ -562,6 +570,7 @@ fn main() -> anyhow::Result<()> {
             tracing::info!("registry credentials loaded; every pod VM gets them (0600)");
         }
         cfg.max_concurrent_creates = g.max_concurrent_creates;
+        cfg.provider_timeout = Duration::from_secs(g.provider_timeout);
         let daemon = Daemon::start(cfg, provider).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

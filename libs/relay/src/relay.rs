@@ -16,7 +16,8 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use tokio::io::{
-    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    ReadHalf, WriteHalf,
 };
 use tokio::sync::Mutex;
 use ttrpc::Code;
@@ -192,8 +193,12 @@ async fn discard<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> std::io::Result<(
     Ok(())
 }
 
-/// Reads one payload after `h` into `buf` (header included at the front).
-async fn read_frame<R: AsyncRead + Unpin>(
+/// Reads one payload after `h` into `buf` (header included at the front),
+/// copying from the reader's buffer as bytes arrive: the buffer grows with
+/// what was actually received, never to the announced length up front, so
+/// a peer that sends a header announcing 4 MiB and then nothing costs no
+/// more memory than it sent.
+async fn read_frame<R: AsyncBufRead + Unpin>(
     r: &mut R,
     h: &FrameHeader,
     buf: &mut Vec<u8>,
@@ -203,8 +208,27 @@ async fn read_frame<R: AsyncRead + Unpin>(
     }
     buf.clear();
     buf.extend_from_slice(&h.encode());
-    buf.resize(HEADER_LEN + h.length as usize, 0);
-    r.read_exact(&mut buf[HEADER_LEN..]).await?;
+    let want = h.length as usize;
+    // Room for a typical frame at once (capacity only: no page is touched
+    // before bytes arrive); larger ones grow as they come.
+    buf.reserve(want.min(KEEP_BUFFER_BYTES));
+    let mut left = want;
+    while left > 0 {
+        let chunk = r.fill_buf().await?;
+        if chunk.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "connection closed inside a frame ({} of {want} payload bytes)",
+                    want - left
+                ),
+            ));
+        }
+        let n = chunk.len().min(left);
+        buf.extend_from_slice(&chunk[..n]);
+        r.consume(n);
+        left -= n;
+    }
     Ok(())
 }
 
@@ -212,15 +236,17 @@ async fn read_frame<R: AsyncRead + Unpin>(
 enum Next {
     /// A frame within the limit, in the buffer (header included).
     Frame(FrameHeader),
-    /// A frame over the limit; its payload has been read past.
+    /// A frame over the limit; its payload is still to be read past
+    /// (after the caller answered, so a sender of a huge frame hears at
+    /// once rather than after it sent gigabytes).
     Oversized(FrameHeader),
     /// The peer closed the connection between frames.
     Closed,
 }
 
-/// Reads the next frame into `buf`, or reads past it when its payload is
-/// over `max` (both directions enforce the limit the same way).
-async fn next_frame<R: AsyncRead + Unpin>(
+/// Reads the next frame into `buf`, or only its header when its payload
+/// is over `max` (both directions enforce the limit the same way).
+async fn next_frame<R: AsyncBufRead + Unpin>(
     r: &mut R,
     max: u32,
     buf: &mut Vec<u8>,
@@ -229,7 +255,6 @@ async fn next_frame<R: AsyncRead + Unpin>(
         return Ok(Next::Closed);
     };
     if h.length > max {
-        discard(r, h.length).await?;
         return Ok(Next::Oversized(h));
     }
     read_frame(r, &h, buf).await?;
@@ -259,6 +284,7 @@ where
     let mut r = BufReader::with_capacity(READ_BUFFER_BYTES, down_r);
     let mut buf = Vec::new();
     let max = shared.opts.max_payload;
+    let mut warned_unknown = false;
     loop {
         let h = match next_frame(&mut r, max, &mut buf).await {
             Ok(Next::Frame(h)) => h,
@@ -274,10 +300,20 @@ where
                         return End::DownErr(e);
                     }
                 }
+                if let Err(e) = discard(&mut r, h.length).await {
+                    return End::DownErr(e);
+                }
                 continue;
             }
             Err(e) => return End::DownErr(e),
         };
+        if let MessageType::Other(t) = h.kind {
+            if !warned_unknown {
+                warned_unknown = true;
+                tracing::warn!(label = %shared.opts.label, stream = h.stream_id, message_type = t,
+                    "frame of a message type ttrpc does not define from the caller; passed on unchanged (ttrpc peers ignore such frames)");
+            }
+        }
         if h.kind == MessageType::Request {
             match rewrite::apply(rewriter, &buf[HEADER_LEN..]) {
                 Ok(None) => {}
@@ -335,6 +371,9 @@ where
                         return End::DownErr(e);
                     }
                 }
+                if let Err(e) = discard(&mut r, h.length).await {
+                    return End::UpErr(e);
+                }
                 continue;
             }
             Err(e) => return End::UpErr(e),
@@ -350,5 +389,91 @@ where
             .counters
             .bytes_to_downstream
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{encode_frame, read_header};
+    use crate::rewrite::NoRewrite;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    /// A frame announcing more than the limit is answered as soon as its
+    /// header arrives (not after its payload), and the connection keeps
+    /// reading past the payload as it comes.
+    #[tokio::test]
+    async fn an_oversized_request_is_answered_before_its_payload_arrives() {
+        let (mut shim, relay_down) = tokio::io::duplex(1 << 16);
+        let (relay_up, mut agent) = tokio::io::duplex(1 << 16);
+        let mut opts = RelayOptions::new("t");
+        opts.max_payload = 1024;
+        let relay = tokio::spawn(relay_connection(
+            relay_down,
+            relay_up,
+            opts,
+            Arc::new(NoRewrite),
+        ));
+        let huge = FrameHeader {
+            length: u32::MAX,
+            stream_id: 3,
+            kind: MessageType::Request,
+            flags: 0,
+        };
+        shim.write_all(&huge.encode()).await.unwrap();
+        let h = tokio::time::timeout(Duration::from_secs(5), read_header(&mut shim))
+            .await
+            .expect("answered without waiting for 4 GiB")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.stream_id, 3);
+        assert_eq!(h.kind, MessageType::Response);
+        let mut body = vec![0u8; h.length as usize];
+        shim.read_exact(&mut body).await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("exceeds the relay's frame limit"), "{text}");
+        // Part of the payload, then the shim gives up: the relay ends.
+        shim.write_all(&[0u8; 4096]).await.unwrap();
+        drop(shim);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("relay ends when the shim goes")
+            .unwrap();
+        assert!(
+            matches!(outcome, RelayOutcome::DownstreamError(ref e) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+            "{outcome:?}"
+        );
+        // Nothing of it reached the agent.
+        let mut got = Vec::new();
+        agent.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty(), "{} bytes reached the agent", got.len());
+    }
+
+    /// A frame cut short ends the connection with an error naming it.
+    #[tokio::test]
+    async fn a_truncated_frame_ends_the_connection() {
+        let (mut shim, relay_down) = tokio::io::duplex(1 << 16);
+        let (relay_up, _agent) = tokio::io::duplex(1 << 16);
+        let relay = tokio::spawn(relay_connection(
+            relay_down,
+            relay_up,
+            RelayOptions::new("t"),
+            Arc::new(NoRewrite),
+        ));
+        let frame = encode_frame(1, MessageType::Request, 0, &[7u8; 100]);
+        shim.write_all(&frame[..60]).await.unwrap();
+        drop(shim);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .unwrap()
+            .unwrap();
+        match outcome {
+            RelayOutcome::DownstreamError(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+                assert!(e.to_string().contains("50 of 100"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

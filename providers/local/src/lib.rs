@@ -468,15 +468,7 @@ impl LocalProvider {
         }
 
         let dir = self.dir(&m.id);
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::Io {
-                    step: format!("remove {}", dir.display()),
-                    source: e,
-                })
-            }
-            _ => {}
-        }
+        state::remove_dir(&dir).step(format!("remove {}", dir.display()))?;
 
         // The bridge goes with the last instance on it.
         let others = state::load_all(&self.cfg.state_dir)
@@ -528,6 +520,7 @@ impl Provider for LocalProvider {
     async fn create_instance(&self, req: InstanceRequest) -> Result<Instance, ProviderError> {
         self.check_binaries()?;
         let _g = self.lock.lock().await;
+        state::remove_unfinished(&self.cfg.state_dir);
         let existing = state::load_all(&self.cfg.state_dir);
         let index = self.free_index(&existing).ok_or_else(|| {
             Error::Full(format!(
@@ -542,7 +535,6 @@ impl Provider for LocalProvider {
             }
         };
         let dir = self.dir(&id);
-        state::create_dir(&dir).step(format!("create {}", dir.display()))?;
         let mut meta = Meta {
             id: id.clone(),
             name: req.name.clone(),
@@ -554,11 +546,10 @@ impl Provider for LocalProvider {
             processes: Vec::new(),
             created_at: now_secs(),
         };
-        // Recorded before anything is made, so nothing can be orphaned.
-        if let Err(e) = state::save(&dir, &meta).step("record the instance") {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.into());
-        }
+        // Recorded before anything is made, so nothing can be orphaned
+        // (the directory appears with its record in it, in one rename).
+        state::create_with_meta(&dir, &meta)
+            .step(format!("record the instance in {}", dir.display()))?;
         let mut made = Made::default();
         if let Err(e) = self.build(&mut meta, &dir, req.user_data, &mut made).await {
             tracing::warn!(instance = %id, error = %e, "create failed; removing what was made");

@@ -72,6 +72,95 @@ pub fn create_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().mode(0o700).create(dir)
 }
 
+/// Creates the instance directory `dir` holding its first record in one
+/// step: the directory is built under a hidden name (`.new-<id>`) and
+/// renamed into place, so a crash leaves either a listed instance or a
+/// hidden leftover that [`remove_unfinished`] clears — never an unlisted
+/// directory. Fails if `dir` exists.
+pub fn create_with_meta(dir: &Path, m: &Meta) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = dir
+        .parent()
+        .ok_or_else(|| std::io::Error::other("instance directory has no parent"))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)?;
+    if dir.exists() {
+        return Err(std::io::ErrorKind::AlreadyExists.into());
+    }
+    let tmp = parent.join(format!(".new-{}", m.id));
+    match std::fs::remove_dir_all(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&tmp)?;
+    let made = save(&tmp, m)
+        .and_then(|()| std::fs::rename(&tmp, dir))
+        .and_then(|()| std::fs::File::open(parent)?.sync_all());
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    made
+}
+
+/// Removes an instance directory as one step: renamed to a hidden
+/// `.del-<id>` first (so a crash half-way through the removal never leaves
+/// a directory without its record that `list` cannot see), then deleted.
+/// An absent directory is fine.
+pub fn remove_dir(dir: &Path) -> std::io::Result<()> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(std::io::Error::other("instance directory has no parent"));
+    };
+    let doomed = parent.join(format!(".del-{}", name.to_string_lossy()));
+    match std::fs::rename(dir, &doomed) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    match std::fs::remove_dir_all(&doomed) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Removes what creates interrupted before their record was in place left
+/// behind: hidden `.new-<id>` directories, `.del-<id>` ones of
+/// interrupted removals, and empty instance directories
+/// (made by versions that created the directory before its record). Call
+/// it with creates excluded (they hold nothing outside the directory yet).
+pub fn remove_unfinished(state_dir: &Path) -> usize {
+    let mut removed = 0;
+    let Ok(rd) = std::fs::read_dir(instances_dir(state_dir)) else {
+        return 0;
+    };
+    for e in rd.flatten() {
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let p = e.path();
+        let hidden = name
+            .strip_prefix(".new-")
+            .or_else(|| name.strip_prefix(".del-"));
+        let unfinished = match hidden {
+            Some(id) => valid_id(id),
+            None => valid_id(&name) && std::fs::read_dir(&p).is_ok_and(|mut d| d.next().is_none()),
+        };
+        if unfinished {
+            match std::fs::remove_dir_all(&p) {
+                Ok(()) => {
+                    tracing::info!(path = %p.display(), "removed the directory of a create that a crash interrupted");
+                    removed += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(path = %p.display(), error = %err, "cannot remove an unfinished instance directory")
+                }
+            }
+        }
+    }
+    removed
+}
+
 /// Every instance on disk, oldest first. Entries whose name is not an
 /// instance id or whose record is unreadable or names another id are
 /// logged and skipped.
@@ -169,5 +258,36 @@ mod tests {
         assert_eq!(mode(inst.join(&a.id)), 0o700);
         assert_eq!(mode(inst.join(&a.id).join("meta.json")), 0o600);
         assert!(load_all(&d.path().join("absent")).is_empty());
+    }
+
+    #[test]
+    fn a_create_is_listed_or_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let inst = instances_dir(d.path());
+        let a = meta("l00000000aa");
+        create_with_meta(&inst.join(&a.id), &a).unwrap();
+        assert_eq!(load_all(d.path()), vec![a.clone()]);
+        assert!(create_with_meta(&inst.join(&a.id), &a).is_err(), "exists");
+        // What crashes leave: a hidden half-built directory, an empty
+        // instance directory; a foreign directory is not ours to touch.
+        create_dir(&inst.join(".new-l00000000bb")).unwrap();
+        std::fs::write(inst.join(".new-l00000000bb/.meta.json.tmp"), "{").unwrap();
+        create_dir(&inst.join("l00000000cc")).unwrap();
+        create_dir(&inst.join("notes")).unwrap();
+        create_dir(&inst.join(".del-l00000000dd")).unwrap();
+        std::fs::write(inst.join(".del-l00000000dd/user-data"), "x").unwrap();
+        assert_eq!(remove_unfinished(d.path()), 3);
+        let mut left: Vec<String> = std::fs::read_dir(&inst)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["l00000000aa".to_string(), "notes".to_string()]);
+        assert_eq!(load_all(d.path()), vec![a.clone()]);
+        remove_dir(&inst.join(&a.id)).unwrap();
+        remove_dir(&inst.join(&a.id)).unwrap();
+        assert!(load_all(d.path()).is_empty());
+        assert_eq!(std::fs::read_dir(&inst).unwrap().count(), 1, "only notes/");
     }
 }

@@ -175,8 +175,10 @@ impl Provider for DelayedProvider {
         let ip: std::net::IpAddr = format!("127.77.{}.{}", n / 250, n % 250 + 2)
             .parse()
             .map_err(|_| ProviderError::new(ErrorKind::Permanent, "ip"))?;
-        let mut cfg = peerpod_vmconfig::ForwarderConfig::parse(&req.user_data)
-            .map_err(|e| ProviderError::new(ErrorKind::InvalidRequest, e.to_string()))?;
+        // The user data is a #cloud-config document carrying the config.
+        let mut cfg = peerpod_vmconfig::userdata::UserData::parse(&req.user_data)
+            .map_err(|e| ProviderError::new(ErrorKind::InvalidRequest, e.to_string()))?
+            .forwarder;
         cfg.listen = format!("{ip}:{}", self.port);
         cfg.agent_socket = self.dir.join("agent.sock");
         let delay = self.delay;
