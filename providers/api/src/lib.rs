@@ -10,6 +10,7 @@
 mod error;
 mod naming;
 pub mod persist;
+pub mod settings;
 pub mod sizing;
 mod types;
 

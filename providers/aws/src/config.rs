@@ -3,6 +3,8 @@
 //! works unchanged. Values arrive as text (flags or env) and are checked
 //! here; a malformed one is an error naming its key.
 
+pub use peerpod_provider_api::settings::ConfigError;
+use peerpod_provider_api::settings::{bad, non_empty, parse_bool, parse_list};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -10,21 +12,6 @@ use std::time::Duration;
 pub const DEFAULT_INSTANCE_TYPE: &str = "m6a.large";
 /// Largest user data EC2 accepts (raw, before base64).
 pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
-
-/// A setting that could not be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {why}")]
-pub struct ConfigError {
-    pub key: &'static str,
-    pub why: String,
-}
-
-fn bad(key: &'static str, why: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key,
-        why: why.into(),
-    }
-}
 
 /// The checked settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,57 +66,18 @@ pub struct RawAwsConfig {
     pub ip_wait_secs: Option<String>,
 }
 
-fn non_empty(v: &Option<String>) -> Option<String> {
-    v.as_ref()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
-/// `true`/`false` (also `1`/`0`, `yes`/`no`); empty means false.
-pub fn parse_bool(key: &'static str, v: &Option<String>) -> Result<bool, ConfigError> {
-    match non_empty(v).map(|s| s.to_ascii_lowercase()).as_deref() {
-        None | Some("false" | "0" | "no") => Ok(false),
-        Some("true" | "1" | "yes") => Ok(true),
-        Some(other) => Err(bad(key, format!("{other:?} is not true or false"))),
-    }
-}
-
-/// A comma list; blanks dropped.
-pub fn parse_list(v: &Option<String>) -> Vec<String> {
-    non_empty(v)
-        .map(|s| {
-            s.split(',')
-                .map(str::trim)
-                .filter(|x| !x.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `k=v,k2=v2`.
+/// `k=v,k2=v2`; the `aws:` prefix is AWS's own.
 pub fn parse_tags(
     key: &'static str,
     v: &Option<String>,
 ) -> Result<BTreeMap<String, String>, ConfigError> {
-    let mut out = BTreeMap::new();
-    for item in parse_list(v) {
-        let (k, val) = item
-            .split_once('=')
-            .ok_or_else(|| bad(key, format!("{item:?} is not key=value")))?;
-        let k = k.trim();
-        if k.is_empty() {
-            return Err(bad(key, format!("{item:?} has an empty key")));
-        }
+    peerpod_provider_api::settings::parse_tags(key, v, |k, _| {
         if k.starts_with("aws:") {
-            return Err(bad(
-                key,
-                format!("{k:?}: the aws: prefix is reserved by AWS"),
-            ));
+            Err("the aws: prefix is reserved by AWS".to_string())
+        } else {
+            Ok(())
         }
-        out.insert(k.to_string(), val.trim().to_string());
-    }
-    Ok(out)
+    })
 }
 
 impl RawAwsConfig {

@@ -4,6 +4,8 @@
 //! deployment's ConfigMap works unchanged. Values arrive as text (flags or
 //! env) and are checked here; a malformed one is an error naming its key.
 
+pub use peerpod_provider_api::settings::ConfigError;
+use peerpod_provider_api::settings::{bad, non_empty, parse_bool, parse_list};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -14,21 +16,6 @@ pub const DEFAULT_INSTANCE_SIZE: &str = "Standard_DC2as_v5";
 pub const MAX_CUSTOM_DATA_BYTES: usize = 65535;
 /// The public cloud's Resource Manager endpoint.
 pub const PUBLIC_ARM_ENDPOINT: &str = "https://management.azure.com";
-
-/// A setting that could not be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {why}")]
-pub struct ConfigError {
-    pub key: &'static str,
-    pub why: String,
-}
-
-fn bad(key: &'static str, why: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key,
-        why: why.into(),
-    }
-}
 
 /// The checked settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,36 +73,8 @@ pub struct RawAzureConfig {
     pub arm_endpoint: Option<String>,
 }
 
-fn non_empty(v: &Option<String>) -> Option<String> {
-    v.as_ref()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
 fn required(key: &'static str, v: &Option<String>, what: &str) -> Result<String, ConfigError> {
     non_empty(v).ok_or_else(|| bad(key, format!("required: {what}")))
-}
-
-/// `true`/`false` (also `1`/`0`, `yes`/`no`); empty means false.
-pub fn parse_bool(key: &'static str, v: &Option<String>) -> Result<bool, ConfigError> {
-    match non_empty(v).map(|s| s.to_ascii_lowercase()).as_deref() {
-        None | Some("false" | "0" | "no") => Ok(false),
-        Some("true" | "1" | "yes") => Ok(true),
-        Some(other) => Err(bad(key, format!("{other:?} is not true or false"))),
-    }
-}
-
-/// A comma list; blanks dropped.
-pub fn parse_list(v: &Option<String>) -> Vec<String> {
-    non_empty(v)
-        .map(|s| {
-            s.split(',')
-                .map(str::trim)
-                .filter(|x| !x.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// `k=v,k2=v2`, checked against Azure's tag rules (name ≤ 512 characters
@@ -124,30 +83,15 @@ pub fn parse_tags(
     key: &'static str,
     v: &Option<String>,
 ) -> Result<BTreeMap<String, String>, ConfigError> {
-    let mut out = BTreeMap::new();
-    for item in parse_list(v) {
-        let (k, val) = item
-            .split_once('=')
-            .ok_or_else(|| bad(key, format!("{item:?} is not key=value")))?;
-        let (k, val) = (k.trim(), val.trim());
-        if k.is_empty() {
-            return Err(bad(key, format!("{item:?} has an empty key")));
-        }
+    peerpod_provider_api::settings::parse_tags(key, v, |k, val| {
         if k.len() > 512 || k.contains(['<', '>', '%', '&', '\\', '?', '/']) {
-            return Err(bad(
-                key,
-                format!("{k:?}: Azure tag names are at most 512 characters without <>%&\\?/"),
-            ));
+            Err("Azure tag names are at most 512 characters without <>%&\\?/".to_string())
+        } else if val.len() > 256 {
+            Err("Azure tag values are at most 256 characters".to_string())
+        } else {
+            Ok(())
         }
-        if val.len() > 256 {
-            return Err(bad(
-                key,
-                format!("{k:?}: Azure tag values are at most 256 characters"),
-            ));
-        }
-        out.insert(k.to_string(), val.to_string());
-    }
-    Ok(out)
+    })
 }
 
 /// Whether `id` looks like `/subscriptions/…/resourceGroups/…/providers/<ns>/…`

@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::ConfigError;
+use peerpod_provider_api::settings::non_empty;
 
 /// The identity settings as given (flags or env). The secret is never
 /// printed by `Debug`.
@@ -74,12 +75,6 @@ impl CredentialKind {
             CredentialKind::Static => "static bearer token",
         }
     }
-}
-
-fn non_empty(v: &Option<String>) -> Option<String> {
-    v.as_ref()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
 }
 
 fn identity_error(key: &'static str, e: azure_core::Error) -> ConfigError {

@@ -3,27 +3,14 @@
 //! or env) and are checked here, a malformed one being an error that
 //! names its key.
 
+pub use peerpod_provider_api::settings::ConfigError;
+use peerpod_provider_api::settings::{bad, non_empty, parse_bool, parse_list, parse_tags};
 use std::collections::BTreeMap;
 
 /// Default machine type: an AMD machine that can run SEV and SEV-SNP.
 pub const DEFAULT_MACHINE_TYPE: &str = "n2d-standard-2";
 /// Largest value of one GCE metadata entry (`user-data`).
 pub const MAX_USER_DATA_BYTES: usize = 256 * 1024;
-
-/// A setting that could not be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {why}")]
-pub struct ConfigError {
-    pub key: &'static str,
-    pub why: String,
-}
-
-fn bad(key: &'static str, why: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key,
-        why: why.into(),
-    }
-}
 
 /// Which confidential computing technology the instances use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,24 +85,6 @@ pub struct RawGcpConfig {
     pub credentials_json: Option<String>,
 }
 
-fn non_empty(v: &Option<String>) -> Option<String> {
-    v.as_ref()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
-fn flag(key: &'static str, v: &Option<String>) -> Result<bool, ConfigError> {
-    match non_empty(v)
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("false") | Some("0") | Some("no") => Ok(false),
-        Some("true") | Some("1") | Some("yes") => Ok(true),
-        Some(other) => Err(bad(key, format!("{other:?} is not true or false"))),
-    }
-}
-
 /// A GCE label key or value: lowercase letters, digits, `_` and `-`, at
 /// most 63 characters (keys start with a letter).
 pub fn valid_label(s: &str, key: bool) -> bool {
@@ -132,15 +101,8 @@ impl RawGcpConfig {
         let project = non_empty(&self.project).ok_or_else(|| bad("GCP_PROJECT_ID", "required"))?;
         let zone = non_empty(&self.zone).ok_or_else(|| bad("GCP_ZONE", "required"))?;
         let image = non_empty(&self.image).ok_or_else(|| bad("PODVM_IMAGE_NAME", "required"))?;
-        let machine_types: Vec<String> = non_empty(&self.machine_types)
-            .map(|l| {
-                l.split(',')
-                    .map(|t| t.trim().to_string())
-                    .filter(|t| !t.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let confidential = if flag("DISABLECVM", &self.disable_cvm)? {
+        let machine_types = parse_list(&self.machine_types);
+        let confidential = if parse_bool("DISABLECVM", &self.disable_cvm)? {
             None
         } else {
             Some(
@@ -172,25 +134,17 @@ impl RawGcpConfig {
                 }
             },
         };
-        let mut labels = BTreeMap::new();
-        if let Some(t) = non_empty(&self.tags) {
-            for pair in t.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let (k, v) = pair
-                    .split_once('=')
-                    .ok_or_else(|| bad("TAGS", format!("{pair:?} is not key=value")))?;
-                let (k, v) = (k.trim(), v.trim());
-                if !valid_label(k, true) || !(v.is_empty() || valid_label(v, false)) {
-                    return Err(bad(
-                        "TAGS",
-                        format!(
-                            "{pair:?}: GCE labels are lowercase letters, digits, '_' and '-', \
-                             at most 63 characters, keys starting with a letter"
-                        ),
-                    ));
-                }
-                labels.insert(k.to_string(), v.to_string());
+        let labels = parse_tags("TAGS", &self.tags, |k, v| {
+            if valid_label(k, true) && (v.is_empty() || valid_label(v, false)) {
+                Ok(())
+            } else {
+                Err(
+                    "GCE labels are lowercase letters, digits, '_' and '-', at most 63 \
+                     characters, keys starting with a letter"
+                        .to_string(),
+                )
             }
-        }
+        })?;
         if let Some(e) = non_empty(&self.endpoint) {
             if !e.starts_with("http://") && !e.starts_with("https://") {
                 return Err(bad("GCP_ENDPOINT", format!("{e:?} is not an http(s) URL")));
@@ -216,7 +170,7 @@ impl RawGcpConfig {
             confidential,
             disk_type: non_empty(&self.disk_type).unwrap_or_else(|| "pd-balanced".to_string()),
             disk_size_gib,
-            use_public_ip: flag("USE_PUBLIC_IP", &self.use_public_ip)?,
+            use_public_ip: parse_bool("USE_PUBLIC_IP", &self.use_public_ip)?,
             labels,
             endpoint: non_empty(&self.endpoint),
             credentials_json: non_empty(&self.credentials_json),
