@@ -292,7 +292,9 @@ async fn kvm_probe_settles_the_domain_type_and_leaves_nothing() {
 async fn debian_image_boots_to_ready_when_built() {
     let img = std::env::var_os("PEERPOD_PODVM_DEBIAN_DIR")
         .map(std::path::PathBuf::from)
-        .expect("PEERPOD_PODVM_DEBIAN_DIR must name a podvm-image/build.sh --variant debian output");
+        .expect(
+            "PEERPOD_PODVM_DEBIAN_DIR must name a podvm-image/build.sh --variant debian output",
+        );
     let Some(env) = LibvirtEnv::new() else { return };
     init_logging();
     let t = env.token.clone();
