@@ -91,6 +91,52 @@ pub fn instance_type_candidates(
     Ok(vec![req.default.to_string()])
 }
 
+/// Creates with each candidate type in turn (best first, as
+/// [`instance_type_candidates`] gives them) while the cloud answers
+/// "no capacity for this type here", calling `before_next` with the
+/// refused type before trying the next one (to remove what a refused
+/// create left). Returns the type that worked and what `create` made;
+/// any other error, or no capacity for the last candidate, ends the
+/// search, naming every type tried (`what`: "instance types", …).
+// Plain closures returning futures, not async closures: their futures
+// must stay `Send` inside the providers' `async_trait` methods.
+pub async fn create_with_capacity_fallback<T, Create, CreateFut, Next, NextFut>(
+    candidates: &[String],
+    what: &str,
+    mut create: Create,
+    mut before_next: Next,
+) -> Result<(String, T), ProviderError>
+where
+    Create: FnMut(String) -> CreateFut,
+    CreateFut: std::future::Future<Output = Result<T, ProviderError>>,
+    Next: FnMut(String) -> NextFut,
+    NextFut: std::future::Future<Output = ()>,
+{
+    for (i, candidate) in candidates.iter().enumerate() {
+        match create(candidate.clone()).await {
+            Ok(made) => return Ok((candidate.clone(), made)),
+            Err(e) if e.kind == ErrorKind::InsufficientCapacity && i + 1 < candidates.len() => {
+                tracing::warn!(%candidate, next = %candidates[i + 1], error = %e, "no capacity for this type; trying the next allowed type that fits");
+                before_next(candidate.clone()).await;
+            }
+            Err(mut e) => {
+                if i > 0 {
+                    e.message = format!(
+                        "{} ({what} tried: {})",
+                        e.message,
+                        candidates[..=i].join(", ")
+                    );
+                }
+                return Err(e);
+            }
+        }
+    }
+    Err(ProviderError::new(
+        ErrorKind::InvalidRequest,
+        format!("no {what} to try"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +242,61 @@ mod tests {
         assert_eq!(
             instance_type_candidates(&req(None, None), sizes).unwrap(),
             vec!["m6a.large"]
+        );
+    }
+
+    #[tokio::test]
+    async fn fallback_moves_on_only_for_capacity_and_names_what_was_tried() {
+        let list: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let no_capacity =
+            |t: &str| ProviderError::new(ErrorKind::InsufficientCapacity, format!("none of {t}"));
+        let mut cleaned = Vec::new();
+        let (t, made) = create_with_capacity_fallback(
+            &list,
+            "types",
+            |t: String| async move {
+                if t == "c" {
+                    Ok(7)
+                } else {
+                    Err(no_capacity(&t))
+                }
+            },
+            |t: String| {
+                cleaned.push(t);
+                async {}
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((t.as_str(), made), ("c", 7));
+        assert_eq!(cleaned, vec!["a", "b"]);
+        let e = create_with_capacity_fallback(
+            &list,
+            "types",
+            |t: String| async move { Err::<(), _>(no_capacity(&t)) },
+            |_| async {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InsufficientCapacity);
+        assert_eq!(e.message, "none of c (types tried: a, b, c)");
+        // Any other error stops at once, and a first-try error is unchanged.
+        let e = create_with_capacity_fallback(
+            &list,
+            "types",
+            |_| async { Err::<(), _>(ProviderError::new(ErrorKind::QuotaExceeded, "quota")) },
+            |_| async {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (ErrorKind::QuotaExceeded, "quota")
+        );
+        assert!(
+            create_with_capacity_fallback(&[], "types", |_| async { Ok(()) }, |_| async {})
+                .await
+                .is_err()
         );
     }
 }

@@ -14,7 +14,9 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_ec2::Client;
 use base64::Engine as _;
-use peerpod_provider_api::sizing::{instance_type_candidates, Size, SizeRequest};
+use peerpod_provider_api::sizing::{
+    create_with_capacity_fallback, instance_type_candidates, Size, SizeRequest,
+};
 use peerpod_provider_api::{
     check_instance_id, ErrorKind, Instance, InstanceRequest, OwnerTags, Provider, ProviderError,
 };
@@ -345,52 +347,37 @@ impl Provider for AwsProvider {
         let user_data = base64::engine::general_purpose::STANDARD.encode(&req.user_data);
         // On "no capacity for this type here", the next larger allowed type
         // that fits is tried before giving up (nothing was created).
-        let mut tried = Vec::new();
-        let (id, instance_type) = loop {
-            let Some(instance_type) = candidates.get(tried.len()).cloned() else {
-                // Unreachable: the loop returns on the last candidate's error.
-                return Err(ProviderError::new(
-                    ErrorKind::Permanent,
-                    "no instance type to try",
-                ));
-            };
-            let run = self.run_request(
-                &image,
-                &instance_type,
-                &tags,
-                &user_data,
-                root_device.as_deref(),
-            );
-            match run.send().await {
-                Ok(out) => {
-                    let id = out
-                        .instances()
-                        .first()
-                        .and_then(|i| i.instance_id())
-                        .map(String::from)
-                        .ok_or_else(|| {
-                            ProviderError::new(
-                                ErrorKind::Permanent,
-                                "RunInstances returned no instance id",
-                            )
-                        })?;
-                    break (id, instance_type);
-                }
-                Err(e) => {
-                    let mut e = from_sdk("RunInstances", e);
-                    tried.push(instance_type.clone());
-                    if e.kind == ErrorKind::InsufficientCapacity && tried.len() < candidates.len() {
-                        tracing::warn!(%instance_type, next = %candidates[tried.len()], error = %e, "no EC2 capacity for this instance type; trying the next allowed type that fits");
-                        continue;
-                    }
-                    if tried.len() > 1 {
-                        e.message =
-                            format!("{} (instance types tried: {})", e.message, tried.join(", "));
-                    }
-                    return Err(e);
-                }
-            }
-        };
+        let (image_ref, tags_ref, user_data_ref) = (&image, &tags, &user_data);
+        let root_device = root_device.as_deref();
+        let (instance_type, id) = create_with_capacity_fallback(
+            &candidates,
+            "instance types",
+            move |instance_type: String| async move {
+                let out = self
+                    .run_request(
+                        image_ref,
+                        &instance_type,
+                        tags_ref,
+                        user_data_ref,
+                        root_device,
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| from_sdk("RunInstances", e))?;
+                out.instances()
+                    .first()
+                    .and_then(|i| i.instance_id())
+                    .map(String::from)
+                    .ok_or_else(|| {
+                        ProviderError::new(
+                            ErrorKind::Permanent,
+                            "RunInstances returned no instance id",
+                        )
+                    })
+            },
+            |_| async {},
+        )
+        .await?;
         tracing::info!(instance_id = %id, name = %req.name, %instance_type, image = %image, sev_snp = !self.cfg.disable_cvm, "EC2 instance launched");
         match self.wait_for_ip(&id).await {
             Ok(i) => Ok(i),

@@ -25,7 +25,9 @@ use crate::config::{AzureConfig, MAX_CUSTOM_DATA_BYTES};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use base64::Engine as _;
-use peerpod_provider_api::sizing::{instance_type_candidates, Size, SizeRequest};
+use peerpod_provider_api::sizing::{
+    create_with_capacity_fallback, instance_type_candidates, Size, SizeRequest,
+};
 use peerpod_provider_api::{
     check_instance_id, ErrorKind, Instance, InstanceRequest, OwnerTags, Provider, ProviderError,
 };
@@ -392,42 +394,33 @@ impl AzureProvider {
         }
         let custom_data = base64::engine::general_purpose::STANDARD.encode(&req.user_data);
         let vm_url = self.arm.url(&self.vm_path(name), COMPUTE_API);
-        let mut tried: Vec<String> = Vec::new();
-        let size = loop {
-            let Some(size) = sizes.get(tried.len()).cloned() else {
-                self.cleanup(name).await;
-                return Err(ProviderError::new(
-                    ErrorKind::Permanent,
-                    "no VM size to try",
-                ));
-            };
-            let body = self.vm_body(name, &size, &image, &nic_id, &tags, &custom_data);
-            match self.arm.put_and_wait("create VM", &vm_url, &body).await {
-                Ok(_) => break size,
-                Err(mut e) => {
-                    tried.push(size.clone());
-                    if e.kind == ErrorKind::InsufficientCapacity && tried.len() < sizes.len() {
-                        tracing::warn!(vm = %name, %size, next = %sizes[tried.len()], error = %e, "no Azure capacity for this VM size; trying the next allowed size that fits");
-                        // A VM that failed to allocate may exist in state
-                        // Failed; remove it (and its disk) before the next
-                        // size, keep the NIC.
-                        if let Err(d) = self.arm.delete_and_wait("delete failed VM", &vm_url).await
-                        {
-                            tracing::warn!(vm = %name, error = %d, "deleting the VM that failed to allocate failed");
-                        }
-                        let disk_url = self.arm.url(&self.disk_path(name), DISK_API);
-                        if let Err(d) = self.arm.delete_and_wait("delete OS disk", &disk_url).await
-                        {
-                            tracing::warn!(vm = %name, error = %d, "deleting the disk of the VM that failed to allocate failed");
-                        }
-                        continue;
-                    }
-                    if tried.len() > 1 {
-                        e.message = format!("{} (VM sizes tried: {})", e.message, tried.join(", "));
-                    }
-                    self.cleanup(name).await;
-                    return Err(e);
+        let (image_ref, nic_ref, tags_ref, data_ref, vm_ref) =
+            (&image, &nic_id, &tags, &custom_data, &vm_url);
+        let created = create_with_capacity_fallback(
+            sizes,
+            "VM sizes",
+            move |size: String| async move {
+                let body = self.vm_body(name, &size, image_ref, nic_ref, tags_ref, data_ref);
+                self.arm.put_and_wait("create VM", vm_ref, &body).await
+            },
+            // A VM that failed to allocate may exist in state Failed: remove
+            // it (and its disk) before the next size, keep the NIC.
+            move |_| async move {
+                if let Err(d) = self.arm.delete_and_wait("delete failed VM", vm_ref).await {
+                    tracing::warn!(vm = %name, error = %d, "deleting the VM that failed to allocate failed");
                 }
+                let disk_url = self.arm.url(&self.disk_path(name), DISK_API);
+                if let Err(d) = self.arm.delete_and_wait("delete OS disk", &disk_url).await {
+                    tracing::warn!(vm = %name, error = %d, "deleting the disk of the VM that failed to allocate failed");
+                }
+            },
+        )
+        .await;
+        let size = match created {
+            Ok((size, _)) => size,
+            Err(e) => {
+                self.cleanup(name).await;
+                return Err(e);
             }
         };
         tracing::info!(vm = %name, %size, image = %image, confidential = !self.cfg.disable_cvm, "Azure VM created");

@@ -21,7 +21,9 @@ use google_cloud_compute_v1::model::{
 };
 use google_cloud_gax::paginator::Paginator as _;
 use google_cloud_lro::Poller as _;
-use peerpod_provider_api::sizing::{instance_type_candidates, Size, SizeRequest};
+use peerpod_provider_api::sizing::{
+    create_with_capacity_fallback, instance_type_candidates, Size, SizeRequest,
+};
 use peerpod_provider_api::{
     check_instance_id, ErrorKind, Instance, InstanceRequest, OwnerTags, Provider, ProviderError,
     TAG_NODE,
@@ -355,27 +357,26 @@ impl Provider for GcpProvider {
             ));
         }
         let candidates = self.choose_types(&req).await?;
-        let mut tried = Vec::new();
-        for machine_type in &candidates {
-            tried.push(machine_type.clone());
-            let body = self.instance_body(&req, machine_type)?;
-            let Err(mut e) = self.insert(body).await else {
-                tracing::info!(instance = %req.name, %machine_type, confidential = ?self.cfg.confidential.map(ConfidentialType::as_str), "GCE instance created");
-                break;
-            };
-            // A failed insert operation may leave the instance record behind.
-            if let Err(d) = self.delete_instance(&req.name).await {
-                tracing::warn!(instance = %req.name, error = %d, "removing the instance of a failed insert failed");
-            }
-            if e.kind == ErrorKind::InsufficientCapacity && tried.len() < candidates.len() {
-                tracing::warn!(%machine_type, error = %e, "no capacity for this machine type in the zone; trying the next allowed type that fits");
-                continue;
-            }
-            if tried.len() > 1 {
-                e.message = format!("{} (machine types tried: {})", e.message, tried.join(", "));
-            }
-            return Err(e);
-        }
+        let req_ref = &req;
+        let (machine_type, ()) = create_with_capacity_fallback(
+            &candidates,
+            "machine types",
+            move |machine_type: String| async move {
+                let result = self
+                    .insert(self.instance_body(req_ref, &machine_type)?)
+                    .await;
+                if result.is_err() {
+                    // A failed insert operation may leave the instance record behind.
+                    if let Err(d) = self.delete_instance(&req_ref.name).await {
+                        tracing::warn!(instance = %req_ref.name, error = %d, "removing the instance of a failed insert failed");
+                    }
+                }
+                result
+            },
+            |_| async {},
+        )
+        .await?;
+        tracing::info!(instance = %req.name, %machine_type, confidential = ?self.cfg.confidential.map(ConfidentialType::as_str), "GCE instance created");
         let inst = match self.get(&req.name).await {
             Ok(i) => self.to_instance(&i),
             Err(e) => {
