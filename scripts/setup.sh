@@ -26,8 +26,9 @@ if ((${#need_apt[@]})); then
 fi
 # libvirt + QEMU come from bookworm-backports: plain bookworm's libvirt 9.0 /
 # QEMU 7.2 clash with the backports qemu-utils 10.0 these machines carry.
-# busybox-static, cpio and xorriso build the minimal pod VM image and the
-# config-drive ISO; dpkg-deb (dpkg) unpacks the Debian cloud kernel.
+# busybox-static, cpio, lz4 and xorriso build the minimal pod VM image and the
+# config-drive ISO; dpkg-deb (dpkg) unpacks the Debian cloud kernel and
+# readelf (binutils) checks the kernel extracted from it.
 setup_libvirt() {
     local list=/etc/apt/sources.list.d/bookworm-backports.sources
     if [[ ! -e $list ]]; then
@@ -46,6 +47,8 @@ SRC
     pkg-config --exists libvirt 2>/dev/null || pkgs+=(libvirt-dev)
     [[ -x /bin/busybox ]] || pkgs+=(busybox-static)
     command -v cpio >/dev/null || pkgs+=(cpio)
+    command -v lz4 >/dev/null || pkgs+=(lz4)
+    command -v readelf >/dev/null || pkgs+=(binutils)
     command -v xorriso >/dev/null || pkgs+=(xorriso)
     command -v dnsmasq >/dev/null || pkgs+=(dnsmasq-base)
     if ((${#pkgs[@]})); then

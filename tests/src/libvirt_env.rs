@@ -134,7 +134,7 @@ fn missing_facility() -> Option<String> {
     None
 }
 
-/// The minimal pod VM image: `vmlinuz` and `initrd.img` in a directory.
+/// The minimal pod VM image: `vmlinux` and `initrd.img` in a directory.
 /// `PEERPOD_PODVM_DIR` names a prebuilt one; otherwise
 /// `podvm-image/build.sh` builds it (or reuses its cached build) from the
 /// binaries next to the test.
@@ -273,7 +273,7 @@ impl LibvirtEnv {
             uri: Some(URI.into()),
             pool: Some(self.pool.clone()),
             network: Some(self.network.clone()),
-            kernel: Some(self.image.join("vmlinuz")),
+            kernel: Some(self.image.join("vmlinux")),
             initrd: Some(self.image.join("initrd.img")),
             cpu: Some("1".into()),
             memory: Some("512".into()),

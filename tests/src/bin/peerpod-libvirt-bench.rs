@@ -79,11 +79,12 @@ fn secs(d: Duration) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    peerpod_tests::harness::init_logging();
     let env = LibvirtEnv::new().context("libvirt is not usable here (see the line above)")?;
     let mut lc = env.config();
     let chosen = peerpod_provider_libvirt::RawLibvirtConfig {
         domain_type: Some(args.domain_type.clone()),
-        kernel: Some(env.image.join("vmlinuz")),
+        kernel: Some(env.image.join("vmlinux")),
         ..Default::default()
     }
     .check()
