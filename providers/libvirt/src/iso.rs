@@ -13,7 +13,7 @@
 use crate::error::{Error, Step};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use tokio::process::Command;
+use std::process::Command;
 
 /// The volume label NoCloud looks for.
 pub const LABEL: &str = "cidata";
@@ -34,8 +34,23 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     f.write_all(bytes).step(format!("write {}", path.display()))
 }
 
-/// Builds the ISO image in memory.
+/// Builds the ISO image in memory, on tokio's blocking pool (temporary
+/// files and a child process).
 pub async fn build(xorriso: &Path, instance: &str, user_data: &[u8]) -> Result<Vec<u8>, Error> {
+    let (xorriso, instance, user_data) = (
+        xorriso.to_path_buf(),
+        instance.to_string(),
+        user_data.to_vec(),
+    );
+    tokio::task::spawn_blocking(move || build_blocking(&xorriso, &instance, &user_data))
+        .await
+        .map_err(|e| Error::Tool {
+            step: "make the config drive".into(),
+            why: format!("the worker thread failed: {e}"),
+        })?
+}
+
+fn build_blocking(xorriso: &Path, instance: &str, user_data: &[u8]) -> Result<Vec<u8>, Error> {
     let dir = tempfile::Builder::new()
         .prefix("peerpod-cidata-")
         .tempdir()
@@ -48,13 +63,15 @@ pub async fn build(xorriso: &Path, instance: &str, user_data: &[u8]) -> Result<V
     write_private(&content.join("meta-data"), meta_data(instance).as_bytes())?;
     let out = dir.path().join("cidata.iso");
     let step = format!("make the config drive with {}", xorriso.display());
+    // std's Command, not tokio's: under tokio::process the same xorriso run
+    // took 0.5-1 s longer in about one call of five (measured: 107 ms
+    // steady with std, spikes to 1.1 s with tokio).
     let res = Command::new(xorriso)
         .args(["-as", "mkisofs", "-quiet", "-V", LABEL, "-J", "-r", "-o"])
         .arg(&out)
         .arg(&content)
-        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
         .output()
-        .await
         .map_err(|e| Error::Tool {
             step: step.clone(),
             why: format!("{e} (install the xorriso package)"),
@@ -69,9 +86,7 @@ pub async fn build(xorriso: &Path, instance: &str, user_data: &[u8]) -> Result<V
             ),
         });
     }
-    tokio::fs::read(&out)
-        .await
-        .step(format!("read {}", out.display()))
+    std::fs::read(&out).step(format!("read {}", out.display()))
 }
 
 #[cfg(test)]
