@@ -170,6 +170,7 @@ impl Provider for LibvirtProvider {
         let iso = iso::build(&self.xorriso, &name, &req.user_data)
             .await
             .map_err(|e| e.into_provider_error(Some(&ctx)))?;
+        let iso_took = started.elapsed();
         let tags = req.all_tags();
         let base = self.config();
         let spec = ops::CreateSpec {
@@ -212,6 +213,7 @@ impl Provider for LibvirtProvider {
                     vcpus,
                     memory_mib = memory,
                     ip = %res.ip,
+                    config_drive = ?iso_took,
                     took = ?started.elapsed(),
                     "domain started"
                 );

@@ -229,6 +229,7 @@ pub fn reserved(s: &Session, cfg: &LibvirtConfig) -> BTreeMap<String, Ipv4Addr> 
 /// the VM's address, defines and starts the domain. On error the caller
 /// deletes by name, which removes whatever was made.
 pub fn create(cfg: &LibvirtConfig, spec: &CreateSpec) -> Result<Reservation, Error> {
+    let t0 = std::time::Instant::now();
     let s = Session::open(&cfg.uri)?;
     let pool = s.pool(&cfg.pool)?;
     let name = &spec.name;
@@ -291,8 +292,10 @@ pub fn create(cfg: &LibvirtConfig, spec: &CreateSpec) -> Result<Reservation, Err
         }
     };
 
+    let volumes_done = t0.elapsed();
     let mac = xml::random_mac();
     let res = reserve(&s, cfg, name, &mac)?;
+    let reserve_done = t0.elapsed();
     let boot = match &cfg.boot {
         Boot::Kernel {
             kernel,
@@ -323,7 +326,16 @@ pub fn create(cfg: &LibvirtConfig, spec: &CreateSpec) -> Result<Reservation, Err
         tags: spec.tags.clone(),
     });
     let dom = Domain::define_xml(s.conn(), &dom_xml).step(format!("define domain {name}"))?;
+    let define_done = t0.elapsed();
     dom.create().step(format!("start domain {name}"))?;
+    tracing::debug!(
+        instance = %name,
+        volumes = ?volumes_done,
+        reserve = ?(reserve_done - volumes_done),
+        define = ?(define_done - reserve_done),
+        start = ?(t0.elapsed() - define_done),
+        "libvirt create steps"
+    );
     Ok(res)
 }
 
