@@ -26,9 +26,10 @@ if ((${#need_apt[@]})); then
 fi
 # libvirt + QEMU come from bookworm-backports: plain bookworm's libvirt 9.0 /
 # QEMU 7.2 clash with the backports qemu-utils 10.0 these machines carry.
-# busybox-static, cpio, lz4 and xorriso build the minimal pod VM image and the
-# config-drive ISO; dpkg-deb (dpkg) unpacks the Debian cloud kernel and
-# readelf (binutils) checks the kernel extracted from it.
+# busybox-static, cpio and lz4 build the minimal pod VM image; dpkg-deb
+# (dpkg) unpacks the Debian cloud kernel and readelf (binutils) checks the
+# kernel extracted from it; xorriso reads back the config drive the provider
+# makes, as an independent check in its unit test.
 setup_libvirt() {
     local list=/etc/apt/sources.list.d/bookworm-backports.sources
     if [[ ! -e $list ]]; then

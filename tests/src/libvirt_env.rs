@@ -118,16 +118,10 @@ fn missing_facility() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("needs root (libvirt system daemon, network namespaces)".into());
     }
-    for tool in [
-        "virsh",
-        "libvirtd",
-        "virtlogd",
-        "qemu-system-x86_64",
-        "xorriso",
-    ] {
+    for tool in ["virsh", "libvirtd", "virtlogd", "qemu-system-x86_64"] {
         if run("sh", &["-c", &format!("command -v {tool}")]).is_err() {
             return Some(format!(
-                "{tool} not installed (scripts/setup.sh --libvirt installs libvirt, QEMU and xorriso)"
+                "{tool} not installed (scripts/setup.sh --libvirt installs libvirt and QEMU)"
             ));
         }
     }

@@ -24,7 +24,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// An external tool (xorriso) failed.
+    /// A step outside libvirt failed (making the config drive).
     #[error("{step}: {why}")]
     Tool { step: String, why: String },
     /// libvirt handed back a document we could not read.

@@ -32,7 +32,7 @@ use error::joined;
 use peerpod_provider_api::{
     check_instance_id, Instance, InstanceRequest, OwnerTags, Provider, ProviderError,
 };
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,7 +45,6 @@ const TAIL_LINES: usize = 60;
 pub struct LibvirtProvider {
     /// Replaced once, when the KVM probe settles the domain type.
     cfg: std::sync::RwLock<Arc<LibvirtConfig>>,
-    xorriso: PathBuf,
 }
 
 /// How long the KVM probe guest gets to reach its init (TCG takes ~4 s,
@@ -59,7 +58,6 @@ impl LibvirtProvider {
         virt::error::clear_error_callback();
         Self {
             cfg: std::sync::RwLock::new(Arc::new(cfg)),
-            xorriso: PathBuf::from("xorriso"),
         }
     }
 
@@ -167,9 +165,8 @@ impl Provider for LibvirtProvider {
         let name = req.name.clone();
         let ctx = format!("create domain {name}");
         let started = Instant::now();
-        let iso = iso::build(&self.xorriso, &name, &req.user_data)
-            .await
-            .map_err(|e| e.into_provider_error(Some(&ctx)))?;
+        let iso =
+            iso::build(&name, &req.user_data).map_err(|e| e.into_provider_error(Some(&ctx)))?;
         let iso_took = started.elapsed();
         let tags = req.all_tags();
         let base = self.config();
@@ -260,19 +257,6 @@ impl Provider for LibvirtProvider {
         let mut lines = self.blocking("verify", ops::verify).await?;
         if self.config().kvm_probe {
             lines.push(self.probe_kvm().await?);
-        }
-        let out = tokio::process::Command::new(&self.xorriso)
-            .arg("-version")
-            .output()
-            .await;
-        match out {
-            Ok(o) if o.status.success() => lines.push("xorriso found (config drives)".into()),
-            _ => {
-                return Err(Error::Config(
-                    "xorriso not found: the config drive needs it (apt-get install xorriso)".into(),
-                )
-                .into())
-            }
         }
         Ok(lines)
     }
