@@ -167,7 +167,7 @@ build_minimal() {
 
 build_debian() {
     for t in mmdebstrap qemu-img mkfs.ext4; do
-        command -v "$t" >/dev/null || { echo "$t not found: apt-get install mmdebstrap qemu-utils e2fsprogs" >&2; exit 1; }
+        command -v "$t" >/dev/null || { echo "$t not found: run scripts/setup.sh --podvm-debian" >&2; exit 1; }
     done
     "$here/debian/build-debian.sh" "$work" "$dest" "$kpkg" "$forwarder" "$userdata" "$agent"
 }

@@ -7,6 +7,8 @@
 #                             and libvirt + QEMU (as --libvirt)
 #   scripts/setup.sh --libvirt  libvirt, QEMU and the pod VM image tools
 #                             only (no build)
+#   scripts/setup.sh --podvm-debian  as --libvirt, plus mmdebstrap and
+#                             e2fsprogs for podvm-image/build.sh --variant debian
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -59,9 +61,24 @@ SRC
         apt-get install -y -qq --no-install-recommends -t bookworm-backports "${pkgs[@]}" </dev/null
     fi
 }
+# The debian pod VM image variant: mmdebstrap makes its root file system,
+# mkfs.ext4 (e2fsprogs) its disk, qemu-img (qemu-utils) the qcow2.
+setup_podvm_debian() {
+    local pkgs=()
+    command -v mmdebstrap >/dev/null || pkgs+=(mmdebstrap)
+    command -v mkfs.ext4 >/dev/null || pkgs+=(e2fsprogs)
+    command -v qemu-img >/dev/null || pkgs+=(qemu-utils)
+    if ((${#pkgs[@]})); then
+        log "installing ${pkgs[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq </dev/null
+        apt-get install -y -qq --no-install-recommends -t bookworm-backports "${pkgs[@]}" </dev/null
+    fi
+}
 case ${1:-} in
 --tests) setup_libvirt ;;
 --libvirt) setup_libvirt; exit 0 ;;
+--podvm-debian) setup_libvirt; setup_podvm_debian; exit 0 ;;
 esac
 
 command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup) first" >&2; exit 1; }
