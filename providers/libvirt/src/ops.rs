@@ -138,51 +138,72 @@ fn leased(s: &Session) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-/// Reserves a free address of the network's DHCP range for `mac`.
-pub fn reserve(
-    s: &Session,
-    cfg: &LibvirtConfig,
-    name: &str,
-    mac: &str,
-) -> Result<Reservation, Error> {
-    let taken = leased(s);
-    let mut last = None;
-    // Two creates may pick one address at once; libvirt refuses the second
-    // reservation, which then tries another.
-    for _ in 0..8 {
-        let (net, v4) = network(s, cfg)?;
-        let Some(ip) = xml::pick_address(&v4, &taken) else {
-            return Err(Error::Exhausted(format!(
-                "network {} has no free address in its DHCP range {}-{}",
-                cfg.network, v4.range.0, v4.range.1
-            )));
-        };
-        match net
-            .update(
-                virt::sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
-                virt::sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
-                -1,
-                &xml::dhcp_host_xml(mac, name, ip),
-                update_flags(&net),
-            )
-            .step(format!(
-                "reserve {ip} for {name} on network {}",
-                cfg.network
-            )) {
-            Ok(()) => {
-                return Ok(Reservation {
-                    ip,
-                    prefix: v4.prefix,
-                    gateway: v4.gateway,
-                })
-            }
-            Err(e) => {
-                tracing::debug!(instance = %name, %ip, error = %e, "address reservation refused; trying another");
-                last = Some(e);
-            }
-        }
+/// Addresses picked by creates of this process whose reservation has not
+/// landed yet: two creates running at once never pick the same one.
+static IN_FLIGHT: std::sync::Mutex<Vec<Ipv4Addr>> = std::sync::Mutex::new(Vec::new());
+
+/// An address picked for one create, in [`IN_FLIGHT`] until dropped.
+struct Picked {
+    res: Reservation,
+}
+
+impl Drop for Picked {
+    fn drop(&mut self) {
+        let mut f = IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+        f.retain(|ip| *ip != self.res.ip);
     }
-    Err(last.unwrap_or_else(|| Error::Exhausted("no address could be reserved".into())))
+}
+
+/// Picks a free address of the network's DHCP range: not the gateway, not
+/// reserved, not leased, not picked by another create of this process.
+fn pick(s: &Session, cfg: &LibvirtConfig) -> Result<Picked, Error> {
+    let (_, v4) = network(s, cfg)?;
+    let mut taken = leased(s);
+    let mut f = IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+    taken.extend(f.iter().copied());
+    let ip = xml::pick_address(&v4, &taken).ok_or_else(|| {
+        Error::Exhausted(format!(
+            "network {} has no free address in its DHCP range {}-{}",
+            cfg.network, v4.range.0, v4.range.1
+        ))
+    })?;
+    f.push(ip);
+    Ok(Picked {
+        res: Reservation {
+            ip,
+            prefix: v4.prefix,
+            gateway: v4.gateway,
+        },
+    })
+}
+
+/// Reserves `ip` for `mac` in the network's DHCP section. libvirt refuses
+/// an address or MAC reserved already (another adaptor on this network).
+fn reserve(cfg: &LibvirtConfig, name: &str, mac: &str, ip: Ipv4Addr) -> Result<(), Error> {
+    let s = Session::open(&cfg.uri)?;
+    let net = Network::lookup_by_name(s.conn(), &cfg.network)
+        .step(format!("look up network {}", cfg.network))?;
+    net.update(
+        virt::sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+        virt::sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
+        -1,
+        &xml::dhcp_host_xml(mac, name, ip),
+        update_flags(&net),
+    )
+    .step(format!(
+        "reserve {ip} for {name} on network {}",
+        cfg.network
+    ))
+}
+
+/// Destroys and undefines a domain this create just started.
+fn discard(dom: &Domain, name: &str) {
+    if let Err(e) = dom.destroy().step(format!("destroy domain {name}")) {
+        tracing::debug!(instance = %name, error = %e, "discarding a domain");
+    }
+    if let Err(e) = dom.undefine().step(format!("undefine domain {name}")) {
+        tracing::debug!(instance = %name, error = %e, "discarding a domain");
+    }
 }
 
 /// Drops the reservations made for `name`. A missing network has none.
@@ -294,8 +315,65 @@ pub fn create(cfg: &LibvirtConfig, spec: &CreateSpec) -> Result<Reservation, Err
 
     let volumes_done = t0.elapsed();
     let mac = xml::random_mac();
-    let res = reserve(&s, cfg, name, &mac)?;
-    let reserve_done = t0.elapsed();
+    // The address is picked first and put on the kernel command line; its
+    // DHCP reservation (~0.3 s: libvirt rewrites dnsmasq's hosts file)
+    // runs on its own connection while the domain is defined and started.
+    // Should libvirt refuse it (another adaptor reserved that address just
+    // now), the domain is discarded and the next address tried.
+    let mut last = None;
+    for _ in 0..8 {
+        let picked = pick(&s, cfg)?;
+        let res = picked.res;
+        let dom_xml = domain_xml(cfg, spec, root_disk.clone(), iso_path.clone(), &mac, res);
+        let (reserved, started) = std::thread::scope(|sc| {
+            let r = sc.spawn(|| reserve(cfg, name, &mac, res.ip));
+            let started = Domain::define_xml(s.conn(), &dom_xml)
+                .step(format!("define domain {name}"))
+                .and_then(|dom| {
+                    dom.create()
+                        .step(format!("start domain {name}"))
+                        .map(|_| dom)
+                });
+            let reserved = r.join().unwrap_or_else(|_| {
+                Err(Error::Tool {
+                    step: format!("reserve {} for {name}", res.ip),
+                    why: "the reservation thread panicked".into(),
+                })
+            });
+            (reserved, started)
+        });
+        // A failed start is the create's error; the caller's delete also
+        // drops a reservation that did land.
+        let dom = started?;
+        match reserved {
+            Ok(()) => {
+                tracing::debug!(
+                    instance = %name,
+                    volumes = ?volumes_done,
+                    reserve_define_start = ?(t0.elapsed() - volumes_done),
+                    "libvirt create steps"
+                );
+                return Ok(res);
+            }
+            Err(e) => {
+                tracing::debug!(instance = %name, ip = %res.ip, error = %e, "address reservation refused; trying another");
+                discard(&dom, name);
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Exhausted("no address could be reserved".into())))
+}
+
+/// The domain XML of one create, its address on the kernel command line.
+fn domain_xml(
+    cfg: &LibvirtConfig,
+    spec: &CreateSpec,
+    root_disk: Option<PathBuf>,
+    config_drive: PathBuf,
+    mac: &str,
+    res: Reservation,
+) -> String {
     let boot = match &cfg.boot {
         Boot::Kernel {
             kernel,
@@ -311,32 +389,20 @@ pub fn create(cfg: &LibvirtConfig, spec: &CreateSpec) -> Result<Reservation, Err
         },
         other => other.clone(),
     };
-    let dom_xml = xml::domain_xml(&DomainSpec {
-        name: name.clone(),
+    xml::domain_xml(&DomainSpec {
+        name: spec.name.clone(),
         domain_type: cfg.domain_type,
         vcpus: spec.vcpus,
         memory_mib: spec.memory_mib,
         machine: spec.machine.clone(),
         boot,
         root_disk,
-        config_drive: iso_path,
+        config_drive,
         network: cfg.network.clone(),
-        mac: mac.clone(),
-        console_log: console_log(cfg, name),
+        mac: mac.to_string(),
+        console_log: console_log(cfg, &spec.name),
         tags: spec.tags.clone(),
-    });
-    let dom = Domain::define_xml(s.conn(), &dom_xml).step(format!("define domain {name}"))?;
-    let define_done = t0.elapsed();
-    dom.create().step(format!("start domain {name}"))?;
-    tracing::debug!(
-        instance = %name,
-        volumes = ?volumes_done,
-        reserve = ?(reserve_done - volumes_done),
-        define = ?(define_done - reserve_done),
-        start = ?(t0.elapsed() - define_done),
-        "libvirt create steps"
-    );
-    Ok(res)
+    })
 }
 
 fn volume_format(vol_xml: &str) -> Option<String> {
