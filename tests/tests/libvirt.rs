@@ -252,6 +252,51 @@ async fn a_create_that_fails_half_way_leaves_nothing_and_config_errors_are_clear
     assert_eq!(e.kind, ErrorKind::InvalidConfig, "{e}");
 }
 
+/// libvirt refuses the address reservation, as it would when another
+/// adaptor on the network took the address between pick and reserve (here:
+/// a host entry of the same name is there already). Each started domain is
+/// discarded and the next address tried; after the last try the create
+/// fails naming the reservation, and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_address_reservation_discards_the_domain_and_fails_clearly() {
+    let Some(env) = LibvirtEnv::new() else { return };
+    init_logging();
+    let t = env.token.clone();
+    let name = format!("podvm-taken{t}-0");
+    let g = env.gateway.octets();
+    peerpod_tests::libvirt_env::virsh(&[
+        "net-update",
+        &env.network,
+        "add-last",
+        "ip-dhcp-host",
+        &format!(
+            "<host mac='52:54:00:fe:00:01' name='{name}' ip='{}.{}.{}.5'/>",
+            g[0], g[1], g[2]
+        ),
+        "--live",
+    ])
+    .expect("pre-existing reservation");
+    let p = LibvirtProvider::new(env.config());
+    let req = InstanceRequest {
+        name: name.clone(),
+        owner: OwnerTags {
+            node: format!("lv-taken-{t}"),
+            sandbox_id: "s1".into(),
+        },
+        extra_tags: Default::default(),
+        vcpus: None,
+        memory_mib: None,
+        image: None,
+        machine_type: None,
+        user_data: b"#cloud-config\nwrite_files: []\n".to_vec(),
+    };
+    let e = p.create_instance(req).await.unwrap_err();
+    assert!(e.message.contains(&format!("for {name} on network")), "{e}");
+    assert!(e.message.contains("existing dhcp host entry"), "{e}");
+    let left = env.leftovers(&t);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvm_probe_settles_the_domain_type_and_leaves_nothing() {
     let Some(env) = LibvirtEnv::new() else { return };
