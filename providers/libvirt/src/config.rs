@@ -119,22 +119,12 @@ pub struct RawLibvirtConfig {
     pub console_dir: Option<PathBuf>,
 }
 
-/// A setting that cannot be used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{name}: {why}")]
-pub struct ConfigError {
-    pub name: &'static str,
-    pub why: String,
-}
+use peerpod_provider_api::settings::bad;
+pub use peerpod_provider_api::settings::ConfigError;
 
-fn bad(name: &'static str, why: impl Into<String>) -> ConfigError {
-    ConfigError {
-        name,
-        why: why.into(),
-    }
-}
-
-/// An empty value means "not set" (env vars from a ConfigMap often are).
+/// An empty value means "not set" (env vars from a ConfigMap often are);
+/// borrowed, unlike `settings::non_empty`, as most values here have a
+/// `&'static str` default.
 fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
@@ -370,7 +360,7 @@ mod tests {
         ];
         for (raw, var) in cases {
             let e = raw.check().unwrap_err();
-            assert_eq!(e.name, var, "{e}");
+            assert_eq!(e.key, var, "{e}");
         }
     }
 }
