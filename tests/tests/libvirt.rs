@@ -203,6 +203,23 @@ async fn two_sandboxes_boot_relay_ping_and_stop_clean() {
     daemon.shutdown().await;
 }
 
+/// A create request for `name` with defaults and an empty user data.
+fn bare_request(name: &str, node: &str) -> InstanceRequest {
+    InstanceRequest {
+        name: name.into(),
+        owner: OwnerTags {
+            node: node.into(),
+            sandbox_id: "s1".into(),
+        },
+        extra_tags: Default::default(),
+        vcpus: None,
+        memory_mib: None,
+        image: None,
+        machine_type: None,
+        user_data: b"#cloud-config\nwrite_files: []\n".to_vec(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_that_fails_half_way_leaves_nothing_and_config_errors_are_clear() {
     let Some(env) = LibvirtEnv::new() else { return };
@@ -216,19 +233,7 @@ async fn a_create_that_fails_half_way_leaves_nothing_and_config_errors_are_clear
         *kernel = env.pool_dir.join("no-such-vmlinuz");
     }
     let p = LibvirtProvider::new(cfg);
-    let req = InstanceRequest {
-        name: format!("podvm-broken{t}-0"),
-        owner: OwnerTags {
-            node: format!("lv-fail-{t}"),
-            sandbox_id: "s1".into(),
-        },
-        extra_tags: Default::default(),
-        vcpus: None,
-        memory_mib: None,
-        image: None,
-        machine_type: None,
-        user_data: b"#cloud-config\nwrite_files: []\n".to_vec(),
-    };
+    let req = bare_request(&format!("podvm-broken{t}-0"), &format!("lv-fail-{t}"));
     let e = p.create_instance(req).await.unwrap_err();
     assert!(e.message.contains("start domain"), "{e}");
     assert!(e.message.contains("no-such-vmlinuz"), "{e}");
@@ -277,20 +282,10 @@ async fn a_refused_address_reservation_discards_the_domain_and_fails_clearly() {
     ])
     .expect("pre-existing reservation");
     let p = LibvirtProvider::new(env.config());
-    let req = InstanceRequest {
-        name: name.clone(),
-        owner: OwnerTags {
-            node: format!("lv-taken-{t}"),
-            sandbox_id: "s1".into(),
-        },
-        extra_tags: Default::default(),
-        vcpus: None,
-        memory_mib: None,
-        image: None,
-        machine_type: None,
-        user_data: b"#cloud-config\nwrite_files: []\n".to_vec(),
-    };
-    let e = p.create_instance(req).await.unwrap_err();
+    let e = p
+        .create_instance(bare_request(&name, &format!("lv-taken-{t}")))
+        .await
+        .unwrap_err();
     assert!(e.message.contains(&format!("for {name} on network")), "{e}");
     assert!(e.message.contains("existing dhcp host entry"), "{e}");
     let left = env.leftovers(&t);
