@@ -13,7 +13,9 @@
 #   mmdebstrap, the same three binaries and systemd units for them.
 #
 # The kata-agent is never downloaded: --kata-agent names the binary
-# (default: the kata-agent-double the workspace builds). The result lives in
+# (default: the kata-agent-double the workspace builds). The binaries default
+# to the workspace's debug builds, as the tests use them; a real image wants
+# release builds (scripts/bench-libvirt.sh shows how). The result lives in
 # $CARGO_TARGET_DIR/podvm/<variant>-<hash of every input>/ and is reused
 # when nothing changed; $CARGO_TARGET_DIR/podvm/<variant> links to the
 # newest. The last line printed is the output directory.
@@ -32,7 +34,7 @@ while (($#)); do
     --forwarder) forwarder=$2; shift 2 ;;
     --user-data-bin) userdata=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
