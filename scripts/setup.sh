@@ -32,6 +32,14 @@ fi
 # (dpkg) unpacks the Debian cloud kernel and readelf (binutils) checks the
 # kernel extracted from it; xorriso reads back the config drive the provider
 # makes, as an independent check in its unit test.
+# Installs the named packages (none: nothing) preferring bookworm-backports.
+install_backports() {
+    (($#)) || return 0
+    log "installing $* from bookworm-backports"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq </dev/null
+    apt-get install -y -qq --no-install-recommends -t bookworm-backports "$@" </dev/null
+}
 setup_libvirt() {
     local list=/etc/apt/sources.list.d/bookworm-backports.sources
     if [[ ! -e $list ]]; then
@@ -54,12 +62,7 @@ SRC
     command -v readelf >/dev/null || pkgs+=(binutils)
     command -v xorriso >/dev/null || pkgs+=(xorriso)
     command -v dnsmasq >/dev/null || pkgs+=(dnsmasq-base)
-    if ((${#pkgs[@]})); then
-        log "installing ${pkgs[*]} from bookworm-backports"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq </dev/null
-        apt-get install -y -qq --no-install-recommends -t bookworm-backports "${pkgs[@]}" </dev/null
-    fi
+    install_backports "${pkgs[@]}"
 }
 # The debian pod VM image variant: mmdebstrap makes its root file system,
 # mkfs.ext4 (e2fsprogs) its disk, qemu-img (qemu-utils) the qcow2.
@@ -68,12 +71,7 @@ setup_podvm_debian() {
     command -v mmdebstrap >/dev/null || pkgs+=(mmdebstrap)
     command -v mkfs.ext4 >/dev/null || pkgs+=(e2fsprogs)
     command -v qemu-img >/dev/null || pkgs+=(qemu-utils)
-    if ((${#pkgs[@]})); then
-        log "installing ${pkgs[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq </dev/null
-        apt-get install -y -qq --no-install-recommends -t bookworm-backports "${pkgs[@]}" </dev/null
-    fi
+    install_backports "${pkgs[@]}"
 }
 case ${1:-} in
 --tests) setup_libvirt ;;
