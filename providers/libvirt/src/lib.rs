@@ -167,7 +167,6 @@ impl Provider for LibvirtProvider {
         let started = Instant::now();
         let iso =
             iso::build(&name, &req.user_data).map_err(|e| e.into_provider_error(Some(&ctx)))?;
-        let iso_took = started.elapsed();
         let tags = req.all_tags();
         let base = self.config();
         let spec = ops::CreateSpec {
@@ -210,7 +209,6 @@ impl Provider for LibvirtProvider {
                     vcpus,
                     memory_mib = memory,
                     ip = %res.ip,
-                    config_drive = ?iso_took,
                     took = ?started.elapsed(),
                     "domain started"
                 );

@@ -178,7 +178,8 @@ fn pick(s: &Session, cfg: &LibvirtConfig) -> Result<Picked, Error> {
 }
 
 /// Reserves `ip` for `mac` in the network's DHCP section. libvirt refuses
-/// an address or MAC reserved already (another adaptor on this network).
+/// an address, MAC or name reserved already (another adaptor on this
+/// network).
 fn reserve(cfg: &LibvirtConfig, name: &str, mac: &str, ip: Ipv4Addr) -> Result<(), Error> {
     let s = Session::open(&cfg.uri)?;
     let net = Network::lookup_by_name(s.conn(), &cfg.network)
