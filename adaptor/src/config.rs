@@ -19,6 +19,10 @@ pub struct AdaptorConfig {
     pub state_dir: PathBuf,
     /// This node's name, carried by every instance as its owner tag.
     pub node_name: String,
+    /// This cluster's id, carried by every instance as an owner tag so two
+    /// clusters with equal node names never collect each other's VMs
+    /// (empty: instances carry no cluster tag).
+    pub cluster_id: String,
     /// Mutual TLS to the forwarders (off only for debugging).
     pub tls: bool,
     /// The forwarder's TCP port in the VM.
@@ -40,8 +44,9 @@ pub struct AdaptorConfig {
     /// source address of the default route).
     pub worker_ip: Option<std::net::IpAddr>,
     /// Most sandboxes this node runs at once (the Go adaptor's
-    /// `PEERPODS_LIMIT_PER_NODE`); CreateVM beyond it is refused.
-    pub limit_per_node: usize,
+    /// `PEERPODS_LIMIT_PER_NODE`); CreateVM beyond it is refused. `None`:
+    /// no limit (a negative `PEERPODS_LIMIT_PER_NODE`).
+    pub limit_per_node: Option<usize>,
     /// Most provider creates in flight at once (others queue).
     pub max_concurrent_creates: usize,
     /// Initdata for pods without the `cc_init_data` annotation (base64,
@@ -66,6 +71,7 @@ impl AdaptorConfig {
             pods_dir: DEFAULT_PODS_DIR.into(),
             state_dir: DEFAULT_STATE_DIR.into(),
             node_name: node_name.into(),
+            cluster_id: String::new(),
             tls: true,
             forwarder_port: peerpod_vmconfig::DEFAULT_PORT,
             start_timeout: Duration::from_secs(600),
@@ -75,7 +81,7 @@ impl AdaptorConfig {
             vxlan_port: peerpod_podnet::spec::DEFAULT_VXLAN_PORT,
             vni_base: peerpod_podnet::spec::DEFAULT_VNI_BASE,
             worker_ip: None,
-            limit_per_node: 10,
+            limit_per_node: Some(10),
             max_concurrent_creates: 8,
             initdata: None,
             registry_auth: None,

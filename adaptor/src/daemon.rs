@@ -38,6 +38,14 @@ pub enum DaemonError {
     },
 }
 
+/// What other parts of the program plug into the daemon before it serves.
+#[derive(Default)]
+pub struct Extensions {
+    /// Observers of every sandbox's life-cycle events (added before
+    /// recovery, so they see the events of resumed teardowns too).
+    pub observers: Vec<Arc<dyn crate::lifecycle::SandboxObserver>>,
+}
+
 /// A running daemon.
 pub struct Daemon {
     pub manager: Arc<Manager>,
@@ -53,6 +61,15 @@ impl Daemon {
     pub async fn start(
         cfg: AdaptorConfig,
         provider: Arc<dyn Provider>,
+    ) -> Result<Self, DaemonError> {
+        Self::start_with(cfg, provider, Extensions::default()).await
+    }
+
+    /// [`Daemon::start`] with extensions plugged in.
+    pub async fn start_with(
+        cfg: AdaptorConfig,
+        provider: Arc<dyn Provider>,
+        ext: Extensions,
     ) -> Result<Self, DaemonError> {
         let state = cfg.state_dir.display().to_string();
         std::fs::create_dir_all(&cfg.state_dir).map_err(|source| DaemonError::StateDir {
@@ -86,6 +103,9 @@ impl Daemon {
             None => None,
         };
         let manager = Manager::new(cfg, provider)?;
+        for o in ext.observers {
+            manager.add_observer(o);
+        }
         let recovered = manager.recover().await?;
         manager.spawn_orphan_collector();
         let mut server = Server::new()

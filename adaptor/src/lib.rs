@@ -6,10 +6,12 @@
 pub mod agent_socket;
 pub mod annotations;
 pub mod ca;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod framing_guard;
+pub mod lifecycle;
 pub mod manager;
 pub mod metrics;
 pub mod orphans;

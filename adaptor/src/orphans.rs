@@ -56,20 +56,18 @@ fn why(i: &Instance) -> String {
 }
 
 impl OrphanCollector {
-    /// One pass: lists this node's instances, and deletes those owned by
-    /// no sandbox in `live` (sandbox ids) once past the grace period.
+    /// One pass: lists the instances carrying `node`'s owner tags (this
+    /// node, and this cluster when a cluster id is configured), and deletes
+    /// those owned by no sandbox in `live` (sandbox ids) once past the
+    /// grace period.
     pub async fn pass(
         &self,
         provider: &dyn Provider,
-        node: &str,
+        node: &OwnerTags,
         live: &HashSet<String>,
         policy: &OrphanPolicy,
     ) -> Result<PassReport, peerpod_provider_api::ProviderError> {
-        let owner = OwnerTags {
-            node: node.to_string(),
-            sandbox_id: String::new(),
-        };
-        let instances = provider.list_instances(&owner).await?;
+        let instances = provider.list_instances(&node.for_sandbox("")).await?;
         let now = Instant::now();
         let mut report = PassReport::default();
         let orphans: Vec<&Instance> = instances

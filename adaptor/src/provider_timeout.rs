@@ -129,6 +129,7 @@ mod tests {
             "{e}"
         );
         let owner = OwnerTags {
+            cluster: String::new(),
             node: "n".into(),
             sandbox_id: String::new(),
         };

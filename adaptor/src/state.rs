@@ -97,7 +97,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
-pub use peerpod_provider_api::persist::write_atomic;
+pub use peerpod_fsutil::write_atomic;
 
 /// The on-disk sandbox store.
 #[derive(Debug, Clone)]

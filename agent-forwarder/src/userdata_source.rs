@@ -256,7 +256,7 @@ pub fn write_out(ud: &UserData, out_dir: &Path) -> Result<Vec<PathBuf>, FetchErr
     }
     let mut written = Vec::new();
     for (path, bytes) in files {
-        peerpod_provider_api::persist::write_atomic(&path, &bytes, 0o600).map_err(werr(&path))?;
+        peerpod_fsutil::write_atomic(&path, &bytes, 0o600).map_err(werr(&path))?;
         written.push(path);
     }
     Ok(written)

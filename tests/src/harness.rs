@@ -32,7 +32,7 @@ pub fn config_in(dir: &std::path::Path, node: &str) -> AdaptorConfig {
     cfg.state_dir = dir.join("state");
     cfg.forwarder_port = 20000 + (rand::random::<u16>() % 30000);
     // Tests and benchmarks run more sandboxes than a node's default limit.
-    cfg.limit_per_node = 1000;
+    cfg.limit_per_node = Some(1000);
     cfg
 }
 
@@ -96,6 +96,7 @@ impl TestDaemon {
     pub async fn provider_instance_of(&self, id: &str) -> Option<String> {
         use peerpod_provider_api::{OwnerTags, Provider};
         let owner = OwnerTags {
+            cluster: String::new(),
             node: self.cfg.node_name.clone(),
             sandbox_id: id.to_string(),
         };

@@ -199,6 +199,7 @@ impl Provider for ProcessProvider {
             name: req.name,
             ips: vec![ip],
             tags,
+            instance_type: None,
         })
     }
 
@@ -233,6 +234,7 @@ impl Provider for ProcessProvider {
                 name: i.name.clone(),
                 ips: vec![i.ip],
                 tags: i.tags.clone(),
+                instance_type: None,
             })
             .collect())
     }

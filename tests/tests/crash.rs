@@ -292,6 +292,7 @@ fn records(state: &Path) -> BTreeMap<String, String> {
 async fn node_instances(a: &AdaptorProcess) -> Vec<peerpod_provider_api::Instance> {
     a.local()
         .list_instances(&OwnerTags {
+            cluster: String::new(),
             node: NODE.into(),
             sandbox_id: String::new(),
         })
@@ -424,6 +425,7 @@ async fn sigkill_at_random_points_loses_and_leaks_nothing() {
             "{id}: Health through the agent socket: {status:?}"
         );
         let owner = OwnerTags {
+            cluster: String::new(),
             node: NODE.into(),
             sandbox_id: id.clone(),
         };
@@ -437,6 +439,7 @@ async fn sigkill_at_random_points_loses_and_leaks_nothing() {
             continue;
         }
         let owner = OwnerTags {
+            cluster: String::new(),
             node: NODE.into(),
             sandbox_id: id.clone(),
         };

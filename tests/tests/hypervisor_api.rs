@@ -265,7 +265,7 @@ async fn the_node_limit_refuses_one_more_and_frees_on_stop() {
     use peerpod_tests::process_provider::ProcessProvider;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config_in(dir.path(), "limit-node");
-    cfg.limit_per_node = 2;
+    cfg.limit_per_node = Some(2);
     let provider = std::sync::Arc::new(ProcessProvider::new(
         &dir.path().join("instances"),
         cfg.forwarder_port,

@@ -120,6 +120,7 @@ async fn two_sandboxes_boot_relay_ping_and_stop_clean() {
     if ra.is_err() || rb.is_err() {
         for i in provider
             .list_instances(&OwnerTags {
+                cluster: String::new(),
                 node: node.clone(),
                 sandbox_id: String::new(),
             })
@@ -143,6 +144,7 @@ async fn two_sandboxes_boot_relay_ping_and_stop_clean() {
     // Both VMs are listed by owner tags, with an address on the network.
     let mine = provider
         .list_instances(&OwnerTags {
+            cluster: String::new(),
             node: node.clone(),
             sandbox_id: String::new(),
         })
@@ -161,6 +163,7 @@ async fn two_sandboxes_boot_relay_ping_and_stop_clean() {
     }
     let only_a = provider
         .list_instances(&OwnerTags {
+            cluster: String::new(),
             node: node.clone(),
             sandbox_id: a.clone(),
         })
@@ -208,6 +211,7 @@ fn bare_request(name: &str, node: &str) -> InstanceRequest {
     InstanceRequest {
         name: name.into(),
         owner: OwnerTags {
+            cluster: String::new(),
             node: node.into(),
             sandbox_id: "s1".into(),
         },
@@ -371,6 +375,7 @@ async fn debian_image_boots_to_ready_when_built() {
     if r.is_err() {
         for i in provider
             .list_instances(&OwnerTags {
+                cluster: String::new(),
                 node: cfg.node_name.clone(),
                 sandbox_id: String::new(),
             })

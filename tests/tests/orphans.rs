@@ -16,6 +16,7 @@ fn request(node: &str, sandbox: &str) -> InstanceRequest {
     InstanceRequest {
         name: format!("podvm-x-{sandbox}"),
         owner: OwnerTags {
+            cluster: String::new(),
             node: node.into(),
             sandbox_id: sandbox.into(),
         },
@@ -104,6 +105,7 @@ async fn orphans_are_collected_after_grace_and_nothing_else_is() {
         "another node's instance is never touched"
     );
     let node = OwnerTags {
+        cluster: String::new(),
         node: "gc-node".into(),
         sandbox_id: String::new(),
     };

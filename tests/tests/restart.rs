@@ -149,6 +149,7 @@ async fn sigkilled_adaptor_recovers_running_sandboxes() {
     a.sigkill();
     // The VMs outlive the adaptor, and the provider finds them by owner tag.
     let node = OwnerTags {
+        cluster: String::new(),
         node: "restart-node".into(),
         sandbox_id: String::new(),
     };

@@ -161,6 +161,7 @@ async fn no_secret_reaches_a_log_at_debug_level() {
     let instances = a
         .local()
         .list_instances(&OwnerTags {
+            cluster: String::new(),
             node: NODE.into(),
             sandbox_id: "secrets-1".into(),
         })

@@ -7,16 +7,16 @@
 //! Errors are [`ProviderError`]s that keep the cloud's own code and message
 //! and say whether a retry can help.
 
+pub mod cli;
 mod error;
 mod naming;
-pub mod persist;
 pub mod settings;
 pub mod sizing;
 mod types;
 
 pub use error::{ErrorKind, ProviderError};
 pub use naming::{instance_name, short_sandbox_id};
-pub use types::{Instance, InstanceRequest, OwnerTags, TAG_NODE, TAG_SANDBOX};
+pub use types::{Instance, InstanceRequest, OwnerTags, TAG_CLUSTER, TAG_NODE, TAG_SANDBOX};
 
 use async_trait::async_trait;
 

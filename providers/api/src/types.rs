@@ -3,24 +3,58 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+/// Tag key naming the cluster that owns an instance (absent when no
+/// cluster id is configured).
+pub const TAG_CLUSTER: &str = "peerpod-cluster";
 /// Tag key naming the worker node that owns an instance.
 pub const TAG_NODE: &str = "peerpod-node";
 /// Tag key naming the sandbox an instance was created for.
 pub const TAG_SANDBOX: &str = "peerpod-sandbox";
 
 /// The owner tags an instance carries so a restarted adaptor (or the
-/// orphan collector) can find it again. An empty `sandbox_id` in a filter
-/// means "any sandbox of this node".
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// orphan collector) can find it again. Node names repeat across clusters,
+/// so the cluster id is part of ownership: two clusters with equal node
+/// names must never collect each other's VMs. An empty `sandbox_id` in a
+/// filter means "any sandbox of this node"; an empty `cluster` means no
+/// cluster id is configured (the tag is neither set nor filtered on).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct OwnerTags {
+    #[serde(default)]
+    pub cluster: String,
     pub node: String,
     pub sandbox_id: String,
 }
 
 impl OwnerTags {
-    /// The tags as key/value pairs; an empty sandbox id is left out.
+    /// Owner tags of one sandbox (or, with an empty `sandbox_id`, the
+    /// filter for every instance of the node).
+    pub fn new(
+        cluster: impl Into<String>,
+        node: impl Into<String>,
+        sandbox_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            cluster: cluster.into(),
+            node: node.into(),
+            sandbox_id: sandbox_id.into(),
+        }
+    }
+
+    /// The same owner with another sandbox id (empty: the whole node).
+    pub fn for_sandbox(&self, sandbox_id: impl Into<String>) -> Self {
+        Self {
+            sandbox_id: sandbox_id.into(),
+            ..self.clone()
+        }
+    }
+
+    /// The tags as key/value pairs; an empty cluster or sandbox id is left
+    /// out.
     pub fn to_map(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
+        if !self.cluster.is_empty() {
+            m.insert(TAG_CLUSTER.to_string(), self.cluster.clone());
+        }
         m.insert(TAG_NODE.to_string(), self.node.clone());
         if !self.sandbox_id.is_empty() {
             m.insert(TAG_SANDBOX.to_string(), self.sandbox_id.clone());
@@ -90,6 +124,9 @@ pub struct Instance {
     /// Addresses the adaptor can reach the VM on, preferred first.
     pub ips: Vec<IpAddr>,
     pub tags: BTreeMap<String, String>,
+    /// The instance type or size the provider chose, where it knows it.
+    #[serde(default)]
+    pub instance_type: Option<String>,
 }
 
 #[cfg(test)]
@@ -98,10 +135,7 @@ mod tests {
 
     #[test]
     fn owner_filter_matches_only_its_tags() {
-        let owner = OwnerTags {
-            node: "n1".into(),
-            sandbox_id: String::new(),
-        };
+        let owner = OwnerTags::new("", "n1", "");
         let mut tags = BTreeMap::new();
         tags.insert(TAG_NODE.to_string(), "n1".to_string());
         tags.insert(TAG_SANDBOX.to_string(), "s".to_string());
@@ -111,13 +145,32 @@ mod tests {
     }
 
     #[test]
+    fn cluster_id_separates_equal_node_names() {
+        let a = OwnerTags::new("cluster-a", "worker-0", "");
+        let b = OwnerTags::new("cluster-b", "worker-0", "");
+        let made_by_a = a.for_sandbox("s1").to_map();
+        assert_eq!(
+            made_by_a.get(TAG_CLUSTER).map(String::as_str),
+            Some("cluster-a")
+        );
+        assert!(a.matches(&made_by_a));
+        assert!(
+            !b.matches(&made_by_a),
+            "cluster b must not claim cluster a's VM"
+        );
+        // An instance made before a cluster id was configured carries none:
+        // only a filter without a cluster id claims it.
+        let legacy = OwnerTags::new("", "worker-0", "s1").to_map();
+        assert!(!legacy.contains_key(TAG_CLUSTER));
+        assert!(!a.matches(&legacy));
+        assert!(OwnerTags::new("", "worker-0", "").matches(&legacy));
+    }
+
+    #[test]
     fn debug_never_shows_user_data() {
         let req = InstanceRequest {
             name: "podvm-x-1".into(),
-            owner: OwnerTags {
-                node: "n".into(),
-                sandbox_id: "s".into(),
-            },
+            owner: OwnerTags::new("", "n", "s"),
             extra_tags: BTreeMap::new(),
             vcpus: None,
             memory_mib: None,

@@ -8,6 +8,7 @@
 //! - [`errors`]: EC2 error codes as provider errors;
 //! - [`provider`]: create / delete / list / verify.
 
+pub mod cli;
 pub mod config;
 pub mod errors;
 pub mod provider;

@@ -315,6 +315,7 @@ fn to_instance(i: &aws_sdk_ec2::types::Instance, public: bool) -> Instance {
             .into_iter()
             .collect(),
         tags,
+        instance_type: i.instance_type().map(|t| t.as_str().to_string()),
     }
 }
 

@@ -16,6 +16,7 @@ fn request(sandbox: &str) -> InstanceRequest {
     InstanceRequest {
         name: format!("podvm-web-{sandbox}"),
         owner: OwnerTags {
+            cluster: String::new(),
             node: "node-a".into(),
             sandbox_id: sandbox.into(),
         },
@@ -121,6 +122,7 @@ async fn create_shows_in_ec2_delete_terminates_list_is_ours_only() {
         .await
         .unwrap();
     let node_a = OwnerTags {
+        cluster: String::new(),
         node: "node-a".into(),
         sandbox_id: String::new(),
     };
@@ -184,6 +186,7 @@ async fn cloud_errors_keep_their_code_and_message() {
     let e = p.create_instance(req).await.unwrap_err();
     assert!(e.message.contains("16384"), "{e}");
     let node_a = OwnerTags {
+        cluster: String::new(),
         node: "node-a".into(),
         sandbox_id: String::new(),
     };
@@ -255,6 +258,7 @@ async fn no_capacity_falls_back_to_the_next_type_that_fits_and_sev_snp_is_asked(
     assert_eq!(e.kind, ErrorKind::InsufficientCapacity);
     assert!(e.message.contains("c6a.xlarge, m6a.xlarge"), "{e}");
     let owner = OwnerTags {
+        cluster: String::new(),
         node: "node-a".into(),
         sandbox_id: "cap2".into(),
     };

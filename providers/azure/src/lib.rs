@@ -21,6 +21,7 @@
 //! - [`provider`]: create / delete / list / verify.
 
 pub mod arm;
+pub mod cli;
 pub mod config;
 pub mod credential;
 pub mod errors;

@@ -430,6 +430,7 @@ impl AzureProvider {
                 name: name.clone(),
                 ips,
                 tags,
+                instance_type: Some(size.to_string()),
             }),
             Ok(_) => {
                 self.cleanup(name).await;
@@ -529,6 +530,10 @@ impl Provider for AzureProvider {
                 name: name.to_string(),
                 ips,
                 tags,
+                instance_type: vm
+                    .pointer("/properties/hardwareProfile/vmSize")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
             });
         }
         Ok(out)

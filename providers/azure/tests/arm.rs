@@ -42,6 +42,7 @@ fn request(name: &str, node: &str, sandbox: &str) -> InstanceRequest {
     InstanceRequest {
         name: name.into(),
         owner: OwnerTags {
+            cluster: String::new(),
             node: node.into(),
             sandbox_id: sandbox.into(),
         },
@@ -266,6 +267,7 @@ async fn list_returns_only_our_owner_tags_across_pages() {
     arm.seed_vm("someones-vm", json!({"team": "qa"}));
     let mut all = p
         .list_instances(&OwnerTags {
+            cluster: String::new(),
             node: "node-1".into(),
             sandbox_id: String::new(),
         })
@@ -284,6 +286,7 @@ async fn list_returns_only_our_owner_tags_across_pages() {
     assert_eq!(pages, 3);
     let one = p
         .list_instances(&OwnerTags {
+            cluster: String::new(),
             node: "node-1".into(),
             sandbox_id: "sb2".into(),
         })

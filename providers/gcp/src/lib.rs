@@ -3,6 +3,7 @@
 //! with application default credentials (workload identity on GKE) or a
 //! service account key.
 
+pub mod cli;
 mod config;
 mod errors;
 mod provider;

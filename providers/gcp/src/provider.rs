@@ -335,6 +335,13 @@ impl GcpProvider {
                 .into_iter()
                 .collect(),
             tags,
+            // The machine type is a URL: …/zones/Z/machineTypes/n2d-standard-2.
+            instance_type: i
+                .machine_type
+                .as_deref()
+                .and_then(|t| t.rsplit('/').next())
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
         }
     }
 }

@@ -13,6 +13,7 @@ fn request(node: &str, sandbox: &str) -> InstanceRequest {
     InstanceRequest {
         name: format!("podvm-web-{}", &sandbox[..sandbox.len().min(8)]),
         owner: OwnerTags {
+            cluster: String::new(),
             node: node.into(),
             sandbox_id: sandbox.into(),
         },
@@ -124,6 +125,7 @@ async fn create_sends_a_confidential_instance_list_pages_delete_is_idempotent() 
         .await
         .unwrap();
     let node1 = OwnerTags {
+        cluster: String::new(),
         node: "Node-1.example".into(),
         sandbox_id: String::new(),
     };
@@ -136,12 +138,14 @@ async fn create_sends_a_confidential_instance_list_pages_delete_is_idempotent() 
         "followed nextPageToken"
     );
     let exact = OwnerTags {
+        cluster: String::new(),
         node: "Node-1.example".into(),
         sandbox_id: sandbox.clone(),
     };
     assert_eq!(p.list_instances(&exact).await.unwrap().len(), 1);
     // A sandbox id sharing the first 63 characters is not ours.
     let near = OwnerTags {
+        cluster: String::new(),
         node: "Node-1.example".into(),
         sandbox_id: format!("{}x", &sandbox[..63]),
     };

@@ -18,6 +18,7 @@
 //! [`ops::Reservation`]), so create returns as soon as the domain starts:
 //! the adaptor's readiness check covers the boot.
 
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod iso;
@@ -217,6 +218,7 @@ impl Provider for LibvirtProvider {
                     name,
                     ips: vec![res.ip.into()],
                     tags,
+                    instance_type: None,
                 })
             }
             Err(e) => {
@@ -247,6 +249,7 @@ impl Provider for LibvirtProvider {
                 name: d.name,
                 ips: d.ips,
                 tags: d.tags,
+                instance_type: None,
             })
             .collect())
     }

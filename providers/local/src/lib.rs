@@ -12,6 +12,7 @@
 //! restarted adaptor lists and deletes instances a crashed one left,
 //! whatever step the crash interrupted.
 
+pub mod cli;
 pub mod error;
 pub mod link;
 pub use peerpod_podnet::netns;
@@ -185,6 +186,7 @@ fn instance(m: Meta) -> Instance {
         name: m.name,
         ips: vec![m.ip.into()],
         tags: m.tags,
+        instance_type: None,
     }
 }
 

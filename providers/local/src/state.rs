@@ -51,7 +51,7 @@ pub fn instances_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("instances")
 }
 
-pub use peerpod_provider_api::persist::write_atomic;
+pub use peerpod_fsutil::write_atomic;
 
 /// Records `m` in `dir/meta.json`, crash-safe.
 pub fn save(dir: &Path, m: &Meta) -> std::io::Result<()> {

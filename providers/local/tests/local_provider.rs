@@ -190,6 +190,7 @@ fn request(node: &str, sandbox: &str) -> InstanceRequest {
     InstanceRequest {
         name: format!("podvm-test-{sandbox}"),
         owner: OwnerTags {
+            cluster: String::new(),
             node: node.into(),
             sandbox_id: sandbox.into(),
         },
@@ -209,6 +210,7 @@ fn request(node: &str, sandbox: &str) -> InstanceRequest {
 
 fn owner(node: &str, sandbox: &str) -> OwnerTags {
     OwnerTags {
+        cluster: String::new(),
         node: node.into(),
         sandbox_id: sandbox.into(),
     }

@@ -202,6 +202,7 @@ impl Provider for DelayedProvider {
             name: req.name.clone(),
             ips: vec![ip],
             tags: req.all_tags(),
+            instance_type: None,
         })
     }
     async fn delete_instance(&self, id: &str) -> Result<(), ProviderError> {

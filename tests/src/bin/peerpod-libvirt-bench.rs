@@ -157,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
             // The guest's own timeline (uptime stamps of its init).
             let inst = provider
                 .list_instances(&OwnerTags {
+                    cluster: String::new(),
                     node: cfg.node_name.clone(),
                     sandbox_id: id.clone(),
                 })

@@ -1,6 +1,7 @@
-//! Crash-safe file writes, shared by the adaptor's sandbox store and the
-//! providers that keep records on disk: after a crash a file holds either
-//! its old or its new content, never a mix.
+//! Crash-safe file writes, shared by the adaptor's sandbox store and CA,
+//! the providers that keep records on disk and the pod VM's user-data
+//! step: after a crash a file holds either its old or its new content,
+//! never a mix, and a secret is never readable by others, not even briefly.
 
 use std::io::Write;
 use std::path::Path;
