@@ -231,13 +231,8 @@ impl LibvirtEnv {
         Some(env)
     }
 
-    fn make(&mut self) -> Result<(), String> {
-        use std::os::unix::fs::PermissionsExt;
-        for d in [&self.pool_dir, &self.console_dir] {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| format!("{}: {e}", d.display()))?;
-        }
+    /// One attempt at the network on `self.gateway`'s /24.
+    fn try_network(&self) -> Result<(), String> {
         let g = self.gateway.octets();
         let net_xml = format!(
             "<network><name>{}</name><bridge name='{}' stp='off'/>\
@@ -250,6 +245,36 @@ impl LibvirtEnv {
         let r = virsh(&["net-create", &f.to_string_lossy()]);
         let _ = std::fs::remove_file(&f);
         r?;
+        Ok(())
+    }
+
+    /// Creates the test network, moving to another /24 while libvirt says
+    /// the subnet is taken: tests in other processes pick theirs at random
+    /// from the same 128, so two can meet.
+    fn make_network(&mut self) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..16 {
+            match self.try_network() {
+                Ok(()) => return Ok(()),
+                Err(e) if e.contains("already in use") => {
+                    last = e;
+                    let octet = 64 + rand::random::<u32>() % 128;
+                    self.gateway = Ipv4Addr::new(10, 232, octet as u8, 1);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(format!("no free test subnet after 16 tries: {last}"))
+    }
+
+    fn make(&mut self) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        for d in [&self.pool_dir, &self.console_dir] {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        self.make_network()?;
         virsh(&[
             "pool-create-as",
             &self.pool,
