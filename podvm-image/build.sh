@@ -263,7 +263,7 @@ if [[ -z $out ]]; then
     keep=5
     [[ $variant != debian ]] || keep=3
     ls -1dt "$cache/$variant"-*/ 2>/dev/null | tail -n +$keep | while read -r old; do
-        [[ ${old%/} == "$dest" ]] || rm -rf "${old%/}"
+        [[ ${old%/} == "$dest" ]] || rm -rf "${old%/}" "$cache/.$(basename "$old").lock"
     done
 fi
 log "pod VM image ($variant) built in $(echo "$(date +%s.%N) - $started" | bc 2>/dev/null || echo '?')s: $(du -sh "$dest" | cut -f1)"

@@ -37,13 +37,15 @@ cmdline="root=LABEL=podvm-root rw console=tty0 console=ttyS0,115200n8 earlyprint
 # The cloud kernel the minimal variant uses ($kpkg) comes from
 # bookworm-security: both suites are sources.
 mmdebstrap --variant=minbase --mode=root \
-    --include="systemd,systemd-sysv,udev,kmod,iproute2,initramfs-tools,linux-image-cloud-amd64,systemd-boot-efi" \
+    --include="systemd,systemd-sysv,udev,kmod,iproute2,initramfs-tools,linux-image-cloud-amd64,systemd-boot-efi,curl" \
     --aptopt='Acquire::Languages "none"' \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     bookworm "$root" "deb $mirror bookworm main" "deb $mirror bookworm-updates main" \
     "deb $security bookworm-security main"
+
+echo "podvm-image: root file system made by mmdebstrap in ${SECONDS}s" >&2
 
 install -m 0755 "$forwarder" "$root/usr/local/bin/agent-protocol-forwarder"
 install -m 0755 "$userdata" "$root/usr/local/bin/process-user-data"
@@ -68,7 +70,8 @@ echo podvm >"$root/etc/hostname"
 # systemd-networkd-wait-online comes with networkd (its Also=) and holds
 # network-online.target until a link is configured.
 chroot "$root" systemctl enable systemd-networkd.service \
-    peerpod-user-data.service kata-agent.service agent-protocol-forwarder.service
+    peerpod-user-data.service kata-agent.service agent-protocol-forwarder.service \
+    azure-ready.service
 # Nobody logs in to a pod VM: no getty on the screen or on the serial
 # console the kernel command line names (a confidential VM's serial port
 # is a channel the host controls), no root password.
@@ -139,3 +142,4 @@ EOF
 dd if="$esp" of="$disk" bs=1M seek=1 conv=notrunc,sparse status=none
 dd if="$rootimg" of="$disk" bs=1M seek=$((1 + esp_mib)) conv=notrunc,sparse status=none
 rm -f "$esp" "$rootimg"
+echo "podvm-image: disk.raw (${disk_mib} MiB, ${used_mib} MiB of files) made in ${SECONDS}s" >&2

@@ -115,12 +115,13 @@ pub fn debian_image() -> Result<PathBuf, String> {
         .clone()
 }
 
-/// One HTTP request as the stand-in saw it.
+/// One HTTP request as a stand-in saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Seen {
@@ -132,27 +133,28 @@ impl Seen {
     }
 }
 
-/// The EC2 instance metadata service, IMDSv2 only (as new instances are
-/// launched by default): `PUT /latest/api/token` with a TTL header gives a
-/// session token; `GET /latest/user-data` with that token in
-/// `X-aws-ec2-metadata-token` gives the user data; without a valid token
-/// 401, other paths 404.
-pub struct AwsImdsStandIn {
+type Answer = dyn Fn(&Seen, usize) -> (u16, Vec<u8>) + Send + Sync;
+
+/// An HTTP/1.1 server on 127.0.0.1 answering each request (one per
+/// connection) with `answer(request, how many came before)`, recording
+/// what it saw. The metadata services are plain HTTP on a link-local
+/// address; this is their shape, not their code.
+pub struct HttpStandIn {
     pub addr: SocketAddr,
-    pub seen: Arc<Mutex<Vec<Seen>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,
 }
 
-/// The token this stand-in hands out.
-pub const IMDS_TOKEN: &str = "AQAEAPeerpodTestToken==";
-
-impl AwsImdsStandIn {
-    pub fn start(user_data: Vec<u8>) -> std::io::Result<Self> {
+impl HttpStandIn {
+    pub fn start(
+        answer: impl Fn(&Seen, usize) -> (u16, Vec<u8>) + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
         let l = TcpListener::bind("127.0.0.1:0")?;
         let addr = l.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (log, halt) = (seen.clone(), stop.clone());
+        let answer: Box<Answer> = Box::new(answer);
         std::thread::spawn(move || {
             for s in l.incoming() {
                 if halt.load(Ordering::SeqCst) {
@@ -160,7 +162,8 @@ impl AwsImdsStandIn {
                 }
                 let Ok(s) = s else { continue };
                 let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                if let Some(req) = Self::serve(s, &user_data) {
+                let n = log.lock().unwrap_or_else(|p| p.into_inner()).len();
+                if let Some(req) = Self::serve(s, &*answer, n) {
                     log.lock().unwrap_or_else(|p| p.into_inner()).push(req);
                 }
             }
@@ -168,7 +171,7 @@ impl AwsImdsStandIn {
         Ok(Self { addr, seen, stop })
     }
 
-    fn serve(s: TcpStream, user_data: &[u8]) -> Option<Seen> {
+    fn serve(s: TcpStream, answer: &Answer, n: usize) -> Option<Seen> {
         let mut r = BufReader::new(s.try_clone().ok()?);
         let mut line = String::new();
         r.read_line(&mut line).ok()?;
@@ -185,39 +188,26 @@ impl AwsImdsStandIn {
                 headers.push((k.trim().to_string(), v.trim().to_string()));
             }
         }
-        let req = Seen {
+        let mut req = Seen {
             method,
             path,
             headers,
+            body: Vec::new(),
         };
         let len: usize = req
             .header("content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let mut body = vec![0; len.min(1 << 16)];
-        r.read_exact(&mut body).ok()?;
-        let (status, body): (u16, &[u8]) = match (req.method.as_str(), req.path.as_str()) {
-            ("PUT", "/latest/api/token")
-                if req.header("X-aws-ec2-metadata-token-ttl-seconds").is_some() =>
-            {
-                (200, IMDS_TOKEN.as_bytes())
-            }
-            ("PUT", "/latest/api/token") => (400, b""),
-            ("GET", "/latest/user-data")
-                if req.header("X-aws-ec2-metadata-token") == Some(IMDS_TOKEN) =>
-            {
-                (200, user_data)
-            }
-            ("GET", _) if req.header("X-aws-ec2-metadata-token") != Some(IMDS_TOKEN) => (401, b""),
-            _ => (404, b""),
-        };
+        req.body = vec![0; len.min(1 << 20)];
+        r.read_exact(&mut req.body).ok()?;
+        let (status, body) = answer(&req, n);
         let mut s = s;
         let _ = write!(
             s,
             "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
-        let _ = s.write_all(body);
+        let _ = s.write_all(&body);
         Some(req)
     }
 
@@ -226,11 +216,36 @@ impl AwsImdsStandIn {
     }
 }
 
-impl Drop for AwsImdsStandIn {
+impl Drop for HttpStandIn {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
     }
+}
+
+/// The token the IMDS stand-in hands out.
+pub const IMDS_TOKEN: &str = "AQAEAPeerpodTestToken==";
+
+/// The EC2 instance metadata service, IMDSv2 only (as new instances are
+/// launched by default): `PUT /latest/api/token` with a TTL header gives a
+/// session token; `GET /latest/user-data` with that token in
+/// `X-aws-ec2-metadata-token` gives the user data; without a valid token
+/// 401, other paths 404.
+pub fn aws_imds(user_data: Vec<u8>) -> std::io::Result<HttpStandIn> {
+    HttpStandIn::start(move |req, _| {
+        let token_ok = req.header("X-aws-ec2-metadata-token") == Some(IMDS_TOKEN);
+        match (req.method.as_str(), req.path.as_str()) {
+            ("PUT", "/latest/api/token")
+                if req.header("X-aws-ec2-metadata-token-ttl-seconds").is_some() =>
+            {
+                (200, IMDS_TOKEN.as_bytes().to_vec())
+            }
+            ("PUT", "/latest/api/token") => (400, Vec::new()),
+            (_, _) if !token_ok => (401, Vec::new()),
+            ("GET", "/latest/user-data") => (200, user_data.clone()),
+            _ => (404, Vec::new()),
+        }
+    })
 }
 
 /// A free TCP port on 127.0.0.1 (bound, read and released: QEMU binds it

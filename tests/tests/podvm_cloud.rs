@@ -11,7 +11,7 @@
 //! network access to the Debian archive; they fail, never skip, without.
 
 use cloud_api_adaptor::ca::NodeCa;
-use peerpod_tests::cloud_disk::{debian_image, require_facilities, AwsImdsStandIn, UefiVm};
+use peerpod_tests::cloud_disk::{aws_imds, debian_image, require_facilities, HttpStandIn, UefiVm};
 use peerpod_tests::harness::{read_response, request_frame};
 use peerpod_vmconfig::userdata::UserData;
 use peerpod_vmconfig::ForwarderConfig;
@@ -395,7 +395,7 @@ async fn debian_disk_boots_through_uefi_as_an_ec2_instance_to_the_forwarder() {
         initdata: None,
         registry_auth: None,
     };
-    let imds = AwsImdsStandIn::start(ud.to_cloud_config()).unwrap();
+    let imds = aws_imds(ud.to_cloud_config()).unwrap();
     let mut vm = UefiVm::boot_as_ec2(&dir.join("disk.raw"), imds.addr).unwrap();
     let deadline = Duration::from_secs(300);
     let mut last: String;
@@ -447,5 +447,92 @@ async fn debian_disk_boots_through_uefi_as_an_ec2_instance_to_the_forwarder() {
             && r.path == "/latest/user-data"
             && r.header("X-aws-ec2-metadata-token") == Some(peerpod_tests::cloud_disk::IMDS_TOKEN)),
         "no user-data GET with the session token: {seen:?}"
+    );
+}
+
+/// The image's Azure "provisioning ready" step (`azure-ready`, run by
+/// `azure-ready.service`) against a WireServer stand-in serving a goal
+/// state of Azure's shape: the first goal-state request fails (the
+/// WireServer is often not ready at first boot) and is retried; the health
+/// report carries the goal state's incarnation, container id and role
+/// instance id in state Ready, with the protocol version header.
+#[test]
+fn azure_ready_reports_the_goal_state_ready_to_the_wireserver() {
+    let goal_state = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/azure-wireserver-goalstate.xml"),
+    )
+    .unwrap();
+    let ws = HttpStandIn::start(move |req, n| {
+        if req.header("x-ms-version") != Some("2012-11-30") {
+            return (400, b"missing x-ms-version".to_vec());
+        }
+        match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/machine/?comp=goalstate") if n == 0 => (503, Vec::new()),
+            ("GET", "/machine/?comp=goalstate") => (200, goal_state.clone()),
+            ("POST", "/machine/?comp=health") => (200, Vec::new()),
+            _ => (404, Vec::new()),
+        }
+    })
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../podvm-image/debian/rootfs/usr/local/lib/peerpod/azure-ready");
+    let out = Command::new("sh")
+        .arg(&script)
+        .env("AZURE_WIRESERVER", ws.addr.to_string())
+        .env("AZURE_READY_DEADLINE", "60")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = ws.requests();
+    let methods: Vec<_> = seen.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, ["GET", "GET", "POST"], "{seen:?}");
+    let post = &seen[2];
+    assert_eq!(post.header("Content-Type"), Some("text/xml;charset=utf-8"));
+    let body = String::from_utf8_lossy(&post.body);
+    for want in [
+        "<GoalStateIncarnation>3</GoalStateIncarnation>",
+        "<ContainerId>4a6e2a7d-1c0f-4f64-9d5e-7b3e20c1a9f8</ContainerId>",
+        "<InstanceId>0c9d7e32-5b7a-4e0b-8f1d-2a6c4e8b9d10._podvm-sb1-0</InstanceId>",
+        "<Health><State>Ready</State></Health>",
+    ] {
+        assert!(body.contains(want), "{want} not in the report: {body}");
+    }
+    assert!(body.starts_with("<?xml"), "{body}");
+}
+
+/// A goal state without the ids is not answered with a report that Azure
+/// would refuse: the step says what is missing and fails at its deadline.
+#[test]
+fn azure_ready_refuses_a_goal_state_without_ids() {
+    let ws = HttpStandIn::start(|req, _| match req.method.as_str() {
+        "GET" => (
+            200,
+            b"<GoalState><Incarnation>1</Incarnation></GoalState>".to_vec(),
+        ),
+        _ => (200, Vec::new()),
+    })
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../podvm-image/debian/rootfs/usr/local/lib/peerpod/azure-ready");
+    let out = Command::new("sh")
+        .arg(&script)
+        .env("AZURE_WIRESERVER", ws.addr.to_string())
+        .env("AZURE_READY_DEADLINE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("without incarnation, container id or instance id"),
+        "{stderr}"
+    );
+    assert!(
+        ws.requests().iter().all(|r| r.method == "GET"),
+        "a report was sent"
     );
 }
