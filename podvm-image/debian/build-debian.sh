@@ -82,9 +82,10 @@ rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/*
 
 kver=$(ls "$root/boot" | sed -n 's/^vmlinuz-//p' | sort -V | tail -1)
 [[ $kver == "${kpkg#linux-image-}" ]] || echo "note: the image's kernel is $kver, the minimal variant's ${kpkg#linux-image-}" >&2
-# The drivers each cloud's disk and NIC need must be in the initrd (the
-# disk: to find the root) or in the image (the NICs).
-for m in nvme virtio_blk virtio_scsi hv_storvsc; do
+# The drivers each cloud's disks and NICs need: NVMe and ENA (AWS Nitro),
+# VMBus storage and network and the Mellanox VF (Azure), virtio and gVNIC
+# (GCE, libvirt). initramfs-tools puts the storage ones in the initrd.
+for m in nvme virtio_blk virtio_scsi hv_vmbus hv_storvsc hv_netvsc mlx5_core ena gve virtio_net; do
     chroot "$root" modinfo -k "$kver" "$m" >/dev/null 2>&1 ||
         grep -q "/$m.ko" "$root/lib/modules/$kver/modules.builtin" || {
         echo "the kernel $kver has no $m driver" >&2
