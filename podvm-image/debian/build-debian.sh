@@ -39,6 +39,7 @@ cmdline="root=LABEL=podvm-root rw console=tty0 console=ttyS0,115200n8 earlyprint
 mmdebstrap --variant=minbase --mode=root \
     --include="systemd,systemd-sysv,udev,kmod,iproute2,initramfs-tools,linux-image-cloud-amd64,systemd-boot-efi,curl" \
     --aptopt='Acquire::Languages "none"' \
+    --dpkgopt='force-unsafe-io' \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
