@@ -417,6 +417,20 @@ async fn debian_disk_boots_through_uefi_as_an_ec2_instance_to_the_forwarder() {
     };
     eprintln!("UEFI boot (TCG) to the forwarder answering: {ready:?}");
     let console = vm.console_text();
+    // Where the time went (kernel uptime stamps; before "Linux version" is
+    // the firmware and systemd-boot).
+    for l in console.lines().filter(|l| {
+        [
+            "Linux version",
+            "reading user data",
+            "user data written",
+            "forwarder listening",
+        ]
+        .iter()
+        .any(|k| l.contains(k))
+    }) {
+        eprintln!("  console: {}", l.chars().take(120).collect::<String>());
+    }
     // Firmware → systemd-boot → the entry's kernel: systemd-boot passes the
     // entry's initrd as initrd= on the command line it gives the kernel.
     assert!(
