@@ -271,6 +271,21 @@ pub struct UefiVm {
 
 impl UefiVm {
     pub fn boot_as_ec2(disk: &Path, imds: SocketAddr) -> std::io::Result<Self> {
+        // The published port is picked free and released before QEMU binds
+        // it: when another process took it meanwhile, QEMU exits at once
+        // saying so, and a new port is tried.
+        let mut tries = 0;
+        loop {
+            let mut vm = Self::start(disk, imds)?;
+            std::thread::sleep(Duration::from_millis(500));
+            match vm.exited() {
+                Some(why) if why.contains("forwarding") && tries < 5 => tries += 1,
+                _ => return Ok(vm),
+            }
+        }
+    }
+
+    fn start(disk: &Path, imds: SocketAddr) -> std::io::Result<Self> {
         let dir = tempfile::tempdir()?;
         let vars = dir.path().join("OVMF_VARS.fd");
         std::fs::copy(OVMF_VARS, &vars)?;
