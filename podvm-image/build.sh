@@ -1,29 +1,48 @@
 #!/usr/bin/env bash
-# Builds what libvirt boots as a pod VM, without Docker.
+# Builds the pod VM image, without Docker.
 #
 #   podvm-image/build.sh [--variant minimal|debian] [--kata-agent PATH]
-#                        [--forwarder PATH] [--user-data-bin PATH] [--out DIR]
+#                        [--forwarder PATH] [--user-data-bin PATH]
+#                        [--format raw|qcow2|vhd|gce-tar[,...]]
+#                        [--agent-policy FILE] [--pause-bundle DIR]
+#                        [--out DIR]
 #
 # minimal (default; CI and tests): the Debian cloud kernel as an uncompressed
 #   ELF with its PVH entry (vmlinux) and an lz4 initramfs (initrd.img)
 #   holding busybox, our init, a few kernel modules, agent-protocol-forwarder,
 #   process-user-data and a kata-agent binary with the shared libraries they
 #   link. libvirt boots it with direct kernel boot.
-# debian: a qcow2 disk (podvm.qcow2) with a Debian root file system made by
-#   mmdebstrap, the same three binaries and systemd units for them.
+# debian: a Debian root file system made by mmdebstrap with the same three
+#   binaries and systemd units for them, on a GPT disk that boots through
+#   UEFI (systemd-boot on an EFI system partition): what AWS, Azure and GCE
+#   boot (disk.raw, always made), plus vmlinuz, initrd.img and cmdline for
+#   libvirt's direct kernel boot. --format adds conversions of disk.raw
+#   (default qcow2):
+#     raw      disk.raw only (AWS import-image/import-snapshot take it)
+#     qcow2    podvm.qcow2, compressed (libvirt: LIBVIRT_VOL_NAME)
+#     vhd      disk.vhd, fixed-size VHD of a whole number of MiB (Azure)
+#     gce-tar  podvm-gce.tar.gz, disk.raw in a gzip'd tar of the oldgnu
+#              format (GCE: gcloud compute images create --source-uri)
+#   The upload commands per cloud are in podvm-image/README.md.
 #
 # The kata-agent is never downloaded: --kata-agent names the binary
-# (default: the kata-agent-double the workspace builds). The binaries default
+# (default: the kata-agent-double the workspace builds; a real image wants
+# the real kata-agent, see README.md for what it needs). --agent-policy
+# installs /etc/kata-opa/default-policy.rego (an agent built with the
+# agent-policy feature loads it), --pause-bundle the pause container's OCI
+# bundle as /pause_bundle (an agent pulling images in the guest runs it);
+# both debian only. The binaries default
 # to the workspace's debug builds, as the tests use them; a real image wants
 # release builds (scripts/bench-libvirt.sh shows how). The result lives in
 # $CARGO_TARGET_DIR/podvm/<variant>-<hash of every input>/ and is reused
-# when nothing changed; $CARGO_TARGET_DIR/podvm/<variant> links to the
-# newest. The last line printed is the output directory.
+# when nothing changed (a format not made yet is converted then);
+# $CARGO_TARGET_DIR/podvm/<variant> links to the newest. The last line
+# printed is the output directory.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../scripts/lib.sh"
 
-variant=minimal out=
+variant=minimal out= formats= policy= pause=
 agent="$BIN_DIR/kata-agent-double"
 forwarder="$BIN_DIR/agent-protocol-forwarder"
 userdata="$BIN_DIR/process-user-data"
@@ -33,12 +52,26 @@ while (($#)); do
     --kata-agent) agent=$2; shift 2 ;;
     --forwarder) forwarder=$2; shift 2 ;;
     --user-data-bin) userdata=$2; shift 2 ;;
+    --format) formats=$2; shift 2 ;;
+    --agent-policy) policy=$2; shift 2 ;;
+    --pause-bundle) pause=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 case $variant in minimal|debian) ;; *) echo "--variant is minimal or debian" >&2; exit 2 ;; esac
+if [[ $variant == minimal ]]; then
+    [[ -z $formats && -z $policy && -z $pause ]] ||
+        { echo "--format, --agent-policy and --pause-bundle are for --variant debian" >&2; exit 2; }
+else
+    formats=${formats:-qcow2}
+    for f in ${formats//,/ }; do
+        case $f in raw|qcow2|vhd|gce-tar) ;; *) echo "unknown --format $f (raw, qcow2, vhd, gce-tar)" >&2; exit 2 ;; esac
+    done
+    [[ -z $policy || -f $policy ]] || { echo "--agent-policy $policy: no such file" >&2; exit 1; }
+    [[ -z $pause || -f $pause/config.json ]] || { echo "--pause-bundle $pause: no config.json there (an OCI bundle directory)" >&2; exit 1; }
+fi
 for b in "$agent" "$forwarder" "$userdata"; do
     [[ -x $b ]] || { echo "missing binary $b (build the workspace first: scripts/setup.sh)" >&2; exit 1; }
 done
@@ -67,11 +100,54 @@ if [[ ! -d $kroot/lib/modules/$kver ]]; then
     mv "$kroot.tmp" "$kroot"
 fi
 
-hash=$( { echo "$variant $kpkg $kver_pkg"; cat "$0"; find "$here/$variant" -type f | sort | xargs cat;
-          sha256sum "$agent" "$forwarder" "$userdata" /bin/busybox | cut -d' ' -f1; } | sha256sum | cut -c1-16)
+# Every input: file names (modes included) and contents of the variant's
+# directory, the binaries, the optional policy and pause bundle.
+hash=$( { echo "$variant $kpkg $kver_pkg"; cat "$0";
+          (cd "$here/$variant" && find . -type f -printf '%p %m\n' | sort && find . -type f | sort | xargs cat);
+          sha256sum "$agent" "$forwarder" "$userdata" /bin/busybox | cut -d' ' -f1;
+          [[ -z $policy ]] || sha256sum <"$policy";
+          [[ -z $pause ]] || (cd "$pause" && find . -type f -print0 | sort -z | xargs -0 sha256sum); } |
+        sha256sum | cut -c1-16)
 dest=${out:-"$cache/$variant-$hash"}
+
+# The conversions of the debian variant's disk.raw that --format asks for
+# and $dest does not have yet.
+convert_formats() {
+    local f
+    for f in ${formats//,/ }; do
+        case $f in
+        raw) ;;
+        qcow2)
+            [[ -s $dest/podvm.qcow2 ]] && continue
+            log "converting to podvm.qcow2"
+            qemu-img convert -c -O qcow2 "$dest/disk.raw" "$dest/podvm.qcow2.tmp"
+            mv "$dest/podvm.qcow2.tmp" "$dest/podvm.qcow2" ;;
+        vhd)
+            [[ -s $dest/disk.vhd ]] && continue
+            # Azure takes fixed VHDs only, of a whole number of MiB (the
+            # raw disk is whole GiB); force_size keeps that size exactly
+            # instead of rounding it to a CHS geometry.
+            log "converting to disk.vhd (fixed)"
+            qemu-img convert -O vpc -o subformat=fixed,force_size=on "$dest/disk.raw" "$dest/disk.vhd.tmp"
+            mv "$dest/disk.vhd.tmp" "$dest/disk.vhd" ;;
+        gce-tar)
+            [[ -s $dest/podvm-gce.tar.gz ]] && continue
+            # GCE's import wants exactly one member, disk.raw, in a gzip'd
+            # tar of the oldgnu format (sparse: the holes stay holes).
+            log "packing podvm-gce.tar.gz"
+            tar --format=oldgnu -S -C "$dest" -cf - disk.raw | gzip -1 >"$dest/podvm-gce.tar.gz.tmp"
+            mv "$dest/podvm-gce.tar.gz.tmp" "$dest/podvm-gce.tar.gz" ;;
+        esac
+    done
+}
+
+# Two builds of the same inputs at once (two test binaries) take turns:
+# the second finds the first one's result.
+exec 9>"$cache/.$variant-$hash.lock"
+flock 9
 if [[ -e $dest/.complete ]]; then
     log "pod VM image ($variant) unchanged: $dest"
+    [[ $variant != debian ]] || convert_formats
     [[ -n $out ]] || ln -sfn "$dest" "$cache/$variant"
     echo "$dest"
     exit 0
@@ -168,21 +244,26 @@ build_minimal() {
 }
 
 build_debian() {
-    for t in mmdebstrap qemu-img mkfs.ext4; do
+    for t in mmdebstrap qemu-img mkfs.ext4 mkfs.vfat mcopy sfdisk tar gzip; do
         command -v "$t" >/dev/null || { echo "$t not found: run scripts/setup.sh --podvm-debian" >&2; exit 1; }
     done
-    "$here/debian/build-debian.sh" "$work" "$dest" "$kpkg" "$forwarder" "$userdata" "$agent"
+    PODVM_AGENT_POLICY=$policy PODVM_PAUSE_BUNDLE=$pause \
+        "$here/debian/build-debian.sh" "$work" "$dest" "$kpkg" "$forwarder" "$userdata" "$agent"
+    convert_formats
 }
 
 log "building the $variant pod VM image into $dest"
 "build_$variant"
 touch "$dest/.complete"
 [[ -n $out ]] || ln -sfn "$dest" "$cache/$variant"
-# Cached builds of this variant beyond the newest four are removed (each
-# holds a ~50 MB kernel); a build in use elsewhere is rebuilt on demand.
+# Cached builds of this variant beyond the newest four (debian: two, each
+# holds disks of ~1 GB) are removed; a build in use elsewhere is rebuilt on
+# demand.
 if [[ -z $out ]]; then
-    ls -1dt "$cache/$variant"-*/ 2>/dev/null | tail -n +5 | while read -r old; do
-        [[ ${old%/} == "$dest" ]] || rm -rf "${old%/}"
+    keep=5
+    [[ $variant != debian ]] || keep=3
+    ls -1dt "$cache/$variant"-*/ 2>/dev/null | tail -n +$keep | while read -r old; do
+        [[ ${old%/} == "$dest" ]] || rm -rf "${old%/}" "$cache/.$(basename "$old").lock"
     done
 fi
 log "pod VM image ($variant) built in $(echo "$(date +%s.%N) - $started" | bc 2>/dev/null || echo '?')s: $(du -sh "$dest" | cut -f1)"

@@ -4,11 +4,15 @@
 #   scripts/setup.sh          what the local demo needs (no cloud SDKs)
 #   scripts/setup.sh --tests  also moto (a local EC2 API) and every
 #                             provider feature, as the test suite builds,
-#                             and libvirt + QEMU (as --libvirt)
+#                             and libvirt + QEMU (as --libvirt) and the
+#                             debian/cloud pod VM image tools (as
+#                             --podvm-debian)
 #   scripts/setup.sh --libvirt  libvirt, QEMU and the pod VM image tools
 #                             only (no build)
-#   scripts/setup.sh --podvm-debian  as --libvirt, plus mmdebstrap and
-#                             e2fsprogs for podvm-image/build.sh --variant debian
+#   scripts/setup.sh --podvm-debian  as --libvirt, plus what
+#                             podvm-image/build.sh --variant debian needs
+#                             (mmdebstrap, e2fsprogs, dosfstools, mtools,
+#                             fdisk, qemu-utils) and OVMF to boot its disk
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -37,8 +41,8 @@ install_backports() {
     (($#)) || return 0
     log "installing $* from bookworm-backports"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq </dev/null
-    apt-get install -y -qq --no-install-recommends -t bookworm-backports "$@" </dev/null
+    apt-get -o DPkg::Lock::Timeout=600 update -qq </dev/null
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends -t bookworm-backports "$@" </dev/null
 }
 setup_libvirt() {
     local list=/etc/apt/sources.list.d/bookworm-backports.sources
@@ -65,16 +69,25 @@ SRC
     install_backports "${pkgs[@]}"
 }
 # The debian pod VM image variant: mmdebstrap makes its root file system,
-# mkfs.ext4 (e2fsprogs) its disk, qemu-img (qemu-utils) the qcow2.
+# mkfs.ext4 (e2fsprogs) the root partition, mkfs.vfat (dosfstools) and
+# mcopy/mmd (mtools) the EFI system partition, sfdisk (fdisk) the GPT,
+# qemu-img (qemu-utils) the qcow2/VHD conversions; the tests boot the UEFI
+# disk with the OVMF firmware (ovmf) and relay the guest's metadata-service
+# connections to their stand-in with socat.
 setup_podvm_debian() {
     local pkgs=()
     command -v mmdebstrap >/dev/null || pkgs+=(mmdebstrap)
     command -v mkfs.ext4 >/dev/null || pkgs+=(e2fsprogs)
+    command -v mkfs.vfat >/dev/null || pkgs+=(dosfstools)
+    command -v mcopy >/dev/null || pkgs+=(mtools)
+    command -v sfdisk >/dev/null || pkgs+=(fdisk)
     command -v qemu-img >/dev/null || pkgs+=(qemu-utils)
+    [[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ]] || pkgs+=(ovmf)
+    command -v socat >/dev/null || pkgs+=(socat)
     install_backports "${pkgs[@]}"
 }
 case ${1:-} in
---tests) setup_libvirt ;;
+--tests) setup_libvirt; setup_podvm_debian ;;
 --libvirt) setup_libvirt; exit 0 ;;
 --podvm-debian) setup_libvirt; setup_podvm_debian; exit 0 ;;
 esac

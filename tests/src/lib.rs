@@ -1,10 +1,12 @@
 //! Test fixtures shared by the end-to-end tests and the benchmark: the
 //! kata-agent double, a provider that runs real forwarder processes on
-//! loopback addresses, and helpers to find the workspace binaries.
+//! loopback addresses, helpers to find the workspace binaries, and the
+//! cloud pod VM disk fixtures (build, metadata stand-in, UEFI VM).
 
 pub mod adaptor_process;
 pub mod agent_double;
 pub mod bins;
+pub mod cloud_disk;
 pub mod faulty_provider;
 pub mod harness;
 #[cfg(feature = "libvirt")]

@@ -1,6 +1,9 @@
 //! `kata-agent-double`: the test kata-agent. Listens on `--socket` (or the
 //! address in `KATA_AGENT_SERVER_ADDR`, `unix://<path>`, as the real agent
-//! reads it) and optionally records requests to `--record`.
+//! reads it) and optionally records requests to `--record`. Takes the real
+//! agent's `--config FILE` too, so one systemd unit starts either (the
+//! double only checks that the file is readable: its socket comes from the
+//! environment, which the real agent also applies over its config file).
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -16,6 +19,9 @@ struct Args {
     /// Unix socket to listen on; defaults to the path in KATA_AGENT_SERVER_ADDR.
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// The real agent's TOML config file; must be readable, not otherwise used.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
     /// Append one JSON line per received request to this file.
     #[arg(long, env = "AGENT_DOUBLE_RECORD")]
     record: Option<PathBuf>,
@@ -27,6 +33,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(c) = &args.config {
+        std::fs::metadata(c).with_context(|| format!("--config {}", c.display()))?;
+    }
     let socket = match args.socket {
         Some(s) => s,
         None => match std::env::var(SERVER_ADDR_ENV) {
