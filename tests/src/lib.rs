@@ -7,6 +7,7 @@ pub mod agent_double;
 pub mod bins;
 pub mod faulty_provider;
 pub mod harness;
+pub mod kube_apiserver;
 #[cfg(feature = "libvirt")]
 pub mod libvirt_env;
 pub mod process_provider;
