@@ -10,4 +10,5 @@ pub mod harness;
 pub mod kube_apiserver;
 #[cfg(feature = "libvirt")]
 pub mod libvirt_env;
+pub mod local_world;
 pub mod process_provider;
