@@ -62,6 +62,7 @@ impl LocalWorld {
         let req = InstanceRequest {
             name: format!("podvm-t-{sandbox}"),
             owner: OwnerTags {
+                cluster: String::new(),
                 node: node.into(),
                 sandbox_id: sandbox.into(),
             },

@@ -82,6 +82,13 @@ async fn events_and_peerpod_follow_the_sandbox() {
     r.notify(notice(
         "nginx",
         sb,
+        Activity::InstanceCreated {
+            instance_id: "inst-1".into(),
+        },
+    ));
+    r.notify(notice(
+        "nginx",
+        sb,
         Activity::Running {
             took: Duration::from_millis(4200),
             instance_id: "inst-1".into(),
@@ -290,6 +297,13 @@ async fn a_hanging_api_never_holds_up_notify() {
                 instance_id: format!("i-{i}"),
                 instance_type: None,
                 ip: None,
+            },
+        ));
+        r.notify(notice(
+            "a",
+            &format!("aaaaaaaa{i:04}"),
+            Activity::InstanceCreated {
+                instance_id: format!("i-{i}"),
             },
         ));
     }

@@ -51,6 +51,12 @@ pub fn describe(n: &Notice) -> EventText {
                 size(*vcpus, *memory_mib)
             ),
         ),
+        Activity::InstanceCreated { instance_id } => (
+            EventType::Normal,
+            "PodVMCreated",
+            "StartVM",
+            format!("pod VM {vm} created: instance {instance_id}, booting"),
+        ),
         Activity::Running {
             took,
             instance_id,

@@ -10,8 +10,9 @@
 //!   when the API server fails, the Event is dropped with a warning and
 //!   counted, and for a short while later Events are dropped at once
 //!   instead of queueing behind a dead server.
-//! - **peerpods**: the sandbox's PeerPod object, created once the
-//!   instance runs and released after the adaptor's own teardown deleted
+//! - **peerpods**: the sandbox's PeerPod object, created as soon as the
+//!   provider made the instance (before it boots, so a node that dies
+//!   while the VM boots still leaves a PeerPod behind) and released after the adaptor's own teardown deleted
 //!   it. These matter for cleanup, so they are retried with backoff; each
 //!   sandbox's operations run in order, different sandboxes in parallel.
 
@@ -37,6 +38,9 @@ pub enum Activity {
         vcpus: Option<u32>,
         memory_mib: Option<u64>,
     },
+    /// The provider made the instance; it is booting. (No Event: Running
+    /// or StartFailed follows; this one makes the PeerPod.)
+    InstanceCreated { instance_id: String },
     /// The instance is up and its agent answers.
     Running {
         took: Duration,
@@ -153,15 +157,16 @@ impl Reporter {
     pub fn notify(&self, n: Notice) {
         let wants_peerpod = matches!(
             n.activity,
-            Activity::Running { .. } | Activity::Deleted { .. }
+            Activity::InstanceCreated { .. } | Activity::Deleted { .. }
         );
+        let wants_event = !matches!(n.activity, Activity::InstanceCreated { .. });
         if let Some(tx) = self.peerpods.as_ref().filter(|_| wants_peerpod) {
             if let Err(e) = tx.try_send(n.clone()) {
                 self.metrics.peerpod_op(op_name(&n.activity), "queue_full");
                 tracing::warn!(sandbox = %n.sandbox_id, error = %e, "PeerPod queue full: this sandbox's PeerPod is not kept (the node's orphan collector still covers its instance)");
             }
         }
-        if let Some(tx) = &self.events {
+        if let Some(tx) = self.events.as_ref().filter(|_| wants_event) {
             if let Err(e) = tx.try_send(n) {
                 self.metrics.dropped(drop_reason::QUEUE_FULL);
                 let n = match e {
@@ -179,7 +184,7 @@ impl Reporter {
 
 fn op_name(a: &Activity) -> &'static str {
     match a {
-        Activity::Running { .. } => "create",
+        Activity::InstanceCreated { .. } => "create",
         _ => "release",
     }
 }
@@ -361,7 +366,7 @@ async fn peerpod_op(
     let mut backoff = Duration::from_millis(250);
     for attempt in 1..=cfg.peerpod_attempts.max(1) {
         let r = match &n.activity {
-            Activity::Running { instance_id, .. } => {
+            Activity::InstanceCreated { instance_id } => {
                 create_peerpod(client, cfg, n, &name, instance_id).await
             }
             Activity::Deleted { .. } => peerpods::release(
