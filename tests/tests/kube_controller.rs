@@ -4,7 +4,8 @@
 //! PeerPods (and instances) whose node is gone, never deletes an instance
 //! whose node and pod are alive (nor one of another provider), and of two
 //! controllers only the Lease holder acts — until it dies and the other
-//! takes over. Needs root (the local provider makes namespaces and links).
+//! takes over; and the binary as the chart runs it. Needs root (the
+//! local provider makes namespaces and links).
 
 use peerpod_ctrl::lease::LeaseConfig;
 use peerpod_ctrl::{run, ControllerOptions, CtrlError};
@@ -292,4 +293,113 @@ async fn a_leader_that_cannot_renew_stops() {
         Err(CtrlError::LostLease(l)) => assert_eq!(l, format!("{LEASE_NS}/peerpod-ctrl")),
         other => panic!("expected LostLease, got {other:?}"),
     }
+}
+
+/// The `peerpod-ctrl` process, killed when dropped.
+struct CtrlProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for CtrlProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl CtrlProcess {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The real binary, configured as the chart runs it (POD_NAMESPACE,
+/// POD_NAME from the downward API; the provider from its subcommand and
+/// env), against the stand-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_cleans_up_leads_and_releases_on_sigterm() {
+    let api = ApiServer::start(1).await;
+    let world = LocalWorld::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ctrl.log");
+    let child = std::process::Command::new(peerpod_tests::bins::bin_path("peerpod-ctrl"))
+        .args([
+            "--lease-duration",
+            "3",
+            "--renew-deadline",
+            "2",
+            "--retry-period",
+            "1",
+        ])
+        .args([
+            "--probe-listen",
+            "127.0.0.1:0",
+            "--node-check-interval",
+            "1",
+        ])
+        .arg("local")
+        .env("PEERPOD_KUBECONFIG", api.kubeconfig(0))
+        .env("POD_NAMESPACE", LEASE_NS)
+        .env("POD_NAME", "peerpod-ctrl-7d9f-abcde")
+        .env("LOCAL_STATE_DIR", world.dir.path().join("state"))
+        .env("LOCAL_BRIDGE", &world.bridge)
+        .env("LOCAL_SUBNET", world.subnet.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("peerpod-ctrl");
+    let mut ctrl = CtrlProcess { child, log };
+
+    let z = world.instance("gone-node", "sbz").await;
+    peerpod(&api, "pp-z", "local", &z.id, "gone-node", "p", "u");
+    until("pp-z cleaned", 60, || peerpod_obj(&api, "pp-z").is_none()).await;
+    assert!(!world.exists(&z.id), "{}", ctrl.log());
+    let lease = api.get(LEASES, LEASE_NS, "peerpod-ctrl").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "peerpod-ctrl-7d9f-abcde");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 3);
+
+    // /leader says so.
+    let line = ctrl
+        .log()
+        .lines()
+        .find(|l| l.contains("probe endpoint listening"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no probe line:\n{}", ctrl.log()));
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /leader HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).await.unwrap();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ctrl.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = ctrl.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no exit on SIGTERM:\n{}",
+            ctrl.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}:\n{}", ctrl.log());
+    let lease = api.get(LEASES, LEASE_NS, "peerpod-ctrl").unwrap();
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
 }
