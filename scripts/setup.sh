@@ -99,6 +99,10 @@ if [[ ${1:-} == --tests ]]; then
         log "installing moto[server] (local EC2 API for the AWS provider tests)"
         python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' </dev/null
     fi
+    if ! command -v kubernetes-validate >/dev/null; then
+        log "installing kubernetes-validate (checks the CRD and chart manifests against the Kubernetes schemas)"
+        python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate </dev/null
+    fi
     log "building every binary with every provider into $CARGO_TARGET_DIR (the AWS SDK takes minutes the first time)"
     cargo build --workspace --all-features --bins
 else

@@ -27,6 +27,8 @@ fn invalid(flag: &'static str, why: impl Into<String>) -> CliError {
 pub struct GlobalArgs {
     #[command(flatten)]
     pub paths: PathArgs,
+    #[command(flatten)]
+    pub kube: crate::kube::KubeArgs,
     /// This node's name, the owner tag on every instance (default: host name).
     #[arg(long, env = "NODE_NAME", global = true)]
     pub node_name: Option<String>,
@@ -123,6 +125,18 @@ pub struct GlobalArgs {
     pub check: bool,
 }
 
+/// Warns when instances get no cluster tag (call once the cluster id is
+/// final: in a cluster it defaults to the kube-system namespace's uid).
+pub fn warn_without_cluster_id(cfg: &AdaptorConfig) {
+    if cfg.cluster_id.is_empty() {
+        tracing::warn!(
+            "no cluster id (--cluster-id / PEERPOD_CLUSTER_ID, or running in a cluster): \
+             instances are tagged with the node name only, so another cluster with a node of \
+             the same name would collect this node's VMs as orphans"
+        );
+    }
+}
+
 impl GlobalArgs {
     /// The daemon's configuration from these flags.
     pub fn into_config(self) -> Result<AdaptorConfig, CliError> {
@@ -131,13 +145,6 @@ impl GlobalArgs {
             .cluster_id
             .map(|c| c.trim().to_string())
             .unwrap_or_default();
-        if cfg.cluster_id.is_empty() {
-            tracing::warn!(
-                "no cluster id (--cluster-id / PEERPOD_CLUSTER_ID): instances are tagged with \
-                 the node name only, so another cluster with a node of the same name would \
-                 collect this node's VMs as orphans"
-            );
-        }
         cfg.socket = self.paths.socket;
         cfg.pods_dir = self.paths.pods_dir;
         cfg.state_dir = self.paths.state_dir;

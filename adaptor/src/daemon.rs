@@ -44,7 +44,12 @@ pub struct Extensions {
     /// Observers of every sandbox's life-cycle events (added before
     /// recovery, so they see the events of resumed teardowns too).
     pub observers: Vec<Arc<dyn crate::lifecycle::SandboxObserver>>,
+    /// Metrics of those parts, added to `/metrics`.
+    pub metrics: Vec<MetricsRegistrar>,
 }
+
+/// Adds metrics to the daemon's Prometheus registry.
+pub type MetricsRegistrar = Box<dyn FnOnce(&mut prometheus_client::registry::Registry) + Send>;
 
 /// A running daemon.
 pub struct Daemon {
@@ -105,6 +110,9 @@ impl Daemon {
         let manager = Manager::new(cfg, provider)?;
         for o in ext.observers {
             manager.add_observer(o);
+        }
+        for m in ext.metrics {
+            manager.register_metrics(m);
         }
         let recovered = manager.recover().await?;
         manager.spawn_orphan_collector();

@@ -44,7 +44,9 @@ fn duration_buckets() -> impl Iterator<Item = f64> {
 
 /// Every metric of the adaptor.
 pub struct Metrics {
-    registry: Registry,
+    /// Behind a lock so other parts (the Kubernetes reporter) can add
+    /// their metrics after the manager made this.
+    registry: Mutex<Registry>,
     pub sandboxes: Family<PhaseLabel, Gauge>,
     pub start_seconds: Family<OutcomeLabel, Histogram>,
     pub stop_seconds: Histogram,
@@ -106,7 +108,7 @@ impl Metrics {
             relay_connections.clone(),
         );
         Self {
-            registry,
+            registry: Mutex::new(registry),
             sandboxes,
             start_seconds,
             stop_seconds,
@@ -169,10 +171,21 @@ impl Metrics {
             .set(i64::try_from(active.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     }
 
+    /// Adds metrics of another part of the daemon (names get the
+    /// `peerpod_` prefix like ours).
+    pub fn register_with(&self, f: impl FnOnce(&mut Registry)) {
+        if let Ok(mut r) = self.registry.lock() {
+            f(&mut r);
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let Ok(registry) = self.registry.lock() else {
+            return out;
+        };
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
             out.clear();
         }
         out

@@ -243,6 +243,13 @@ impl AdaptorProcess {
         panic!("adaptor did not come up in 30 s:\n{}", self.log());
     }
 
+    /// The exit status once the adaptor has exited on its own.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// SIGKILL, as an OOM kill or a node crash would stop it.
     pub fn sigkill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -9,6 +9,8 @@ pub mod bins;
 pub mod cloud_disk;
 pub mod faulty_provider;
 pub mod harness;
+pub mod kube_apiserver;
 #[cfg(feature = "libvirt")]
 pub mod libvirt_env;
+pub mod local_world;
 pub mod process_provider;

@@ -98,6 +98,7 @@ async fn observers_see_each_step_of_a_sandbox() {
         provider.clone(),
         Extensions {
             observers: vec![rec.clone()],
+            ..Default::default()
         },
     )
     .await

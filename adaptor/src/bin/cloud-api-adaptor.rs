@@ -5,6 +5,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cloud_api_adaptor::cli::GlobalArgs;
+use cloud_api_adaptor::daemon::Extensions;
 use cloud_api_adaptor::Daemon;
 use peerpod_provider_api::cli::{BuildContext, BuildError};
 use peerpod_provider_api::Provider;
@@ -88,11 +89,23 @@ fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        let cfg = cli.global.into_config()?;
+        let kube_args = cli.global.kube.clone();
+        let mut cfg = cli.global.into_config()?;
         if cfg.registry_auth.is_some() {
             tracing::info!("registry credentials loaded; every pod VM gets them (0600)");
         }
-        let daemon = Daemon::start(cfg, provider).await?;
+        // Kubernetes (Events, PeerPods, the default cluster id) before the
+        // daemon starts, so instances get the cluster id from the first.
+        let mut ext = Extensions::default();
+        if let Some(k) =
+            cloud_api_adaptor::kube::setup(&kube_args, &mut cfg, provider.name()).await?
+        {
+            ext.observers.push(k.observer);
+            let m = k.metrics;
+            ext.metrics.push(Box::new(move |r| m.register(r)));
+        }
+        cloud_api_adaptor::cli::warn_without_cluster_id(&cfg);
+        let daemon = Daemon::start_with(cfg, provider, ext).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

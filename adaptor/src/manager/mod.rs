@@ -173,6 +173,11 @@ impl Manager {
         self.observers.add(o);
     }
 
+    /// Adds another part's metrics to the ones `/metrics` renders.
+    pub fn register_metrics(&self, f: impl FnOnce(&mut prometheus_client::registry::Registry)) {
+        self.metrics.register_with(f);
+    }
+
     /// Tells the observers about a step of `r`'s sandbox.
     fn emit(&self, r: &SandboxRecord, kind: EventKind) {
         self.observers.emit(SandboxEvent {
