@@ -3,7 +3,7 @@
 
 use peerpod_protocols::agent::GuestDetailsRequest;
 use peerpod_protocols::protobuf::Message;
-use peerpod_tests::agent_double::read_records;
+use peerpod_tests::agent_double::{read_records, TEST_ECHO_SERVICE};
 use peerpod_tests::harness::{raw_call, read_response, request_frame, TestDaemon};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -18,7 +18,9 @@ async fn calls_reach_the_agent_byte_identical_including_unknown_methods() {
 
     let mut gd = GuestDetailsRequest::new();
     gd.mem_block_size = true;
-    let gd_bytes = gd.write_to_bytes().unwrap();
+    let mut gd_bytes = gd.write_to_bytes().unwrap();
+    // A field no part of the relay knows about (number 2040, bytes).
+    gd_bytes.extend_from_slice(&[0xc2, 0x7f, 0x03, b'a', b'b', b'c']);
     let r = raw_call(&sock, "grpc.AgentService", "GetGuestDetails", &gd_bytes)
         .await
         .unwrap();
@@ -27,11 +29,19 @@ async fn calls_reach_the_agent_byte_identical_including_unknown_methods() {
         peerpod_protocols::agent::GuestDetailsResponse::parse_from_bytes(&r.payload).unwrap();
     assert_eq!(reply.mem_block_size_bytes, 128 << 20);
 
-    // A method and a field layout no part of the relay knows about.
+    // A method no part of the relay knows about reaches the agent, whose
+    // answer (the real agent's UNIMPLEMENTED, naming the method) comes
+    // back: the relay itself never answers with 12.
     let future: Vec<u8> = vec![
         0x0a, 0x03, b'a', b'b', b'c', 0xf8, 0x7f, 0x01, 0x42, 0x00, 0xff,
     ];
     let r = raw_call(&sock, "grpc.AgentService", "SomeFutureCall", &future)
+        .await
+        .unwrap();
+    assert_eq!(r.code, ttrpc::Code::UNIMPLEMENTED, "{}", r.message);
+    assert!(r.message.contains("SomeFutureCall"), "{}", r.message);
+    // And a payload of unknown layout comes back unchanged.
+    let r = raw_call(&sock, TEST_ECHO_SERVICE, "Echo", &future)
         .await
         .unwrap();
     assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
@@ -45,7 +55,7 @@ async fn calls_reach_the_agent_byte_identical_including_unknown_methods() {
             .map(|r| r.payload())
     };
     assert_eq!(find("GetGuestDetails").unwrap(), gd_bytes);
-    assert_eq!(find("SomeFutureCall").unwrap(), future);
+    assert_eq!(find("Echo").unwrap(), future);
     d.stop_all().await;
 }
 
@@ -64,7 +74,7 @@ async fn many_concurrent_calls_on_many_connections() {
             for i in 0..8u32 {
                 let stream = 2 * i + 1;
                 let body = format!("conn{c}-call{i}").into_bytes();
-                wr.write_all(&request_frame(stream, "grpc.AgentService", "Echo", &body))
+                wr.write_all(&request_frame(stream, TEST_ECHO_SERVICE, "Echo", &body))
                     .await
                     .unwrap();
             }
@@ -94,7 +104,7 @@ async fn large_payload_and_oversized_frame() {
     let (sock, _) = d.running_sandbox("big1").await;
     // 3 MiB goes through both ways.
     let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let r = raw_call(&sock, "grpc.AgentService", "Echo", &big)
+    let r = raw_call(&sock, TEST_ECHO_SERVICE, "Echo", &big)
         .await
         .unwrap();
     assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
@@ -110,7 +120,7 @@ async fn large_payload_and_oversized_frame() {
     // Over the 4 MiB limit: an error response, not a dropped daemon.
     let huge = vec![7u8; 5 * 1024 * 1024];
     let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
-    s.write_all(&request_frame(9, "grpc.AgentService", "Echo", &huge))
+    s.write_all(&request_frame(9, TEST_ECHO_SERVICE, "Echo", &huge))
         .await
         .unwrap();
     let r = read_response(&mut s).await.unwrap();

@@ -1,6 +1,7 @@
 //! `kata-agent-double`: the test kata-agent. Listens on `--socket` (or the
 //! address in `KATA_AGENT_SERVER_ADDR`, `unix://<path>`, as the real agent
-//! reads it) and optionally records requests to `--record`.
+//! reads it) and optionally records requests to `--record`. Like the real
+//! agent it exits after answering `DestroySandbox`.
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -53,6 +54,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = double.destroyed() => {
+            tracing::info!("sandbox destroyed; exiting as the kata-agent does");
+        }
     }
     double.stop().await;
     Ok(())
