@@ -169,3 +169,39 @@ async fn forwarder_going_away_mid_call_is_an_error_not_a_hang() {
     }
     d.stop_all().await;
 }
+
+/// StopVM while a call is pending (runtime-rs keeps a GetOOMEvent pending
+/// for the sandbox's life): the caller gets UNAVAILABLE, not a bare close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_pending_at_stop_vm_is_answered_unavailable() {
+    let d = TestDaemon::start(true).await;
+    let (sock, instance) = d.running_sandbox("pend1").await;
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    s.write_all(&request_frame(3, "grpc.AgentService", "GetOOMEvent", &[]))
+        .await
+        .unwrap();
+    let rec = d.provider.record_file(&instance);
+    for _ in 0..500 {
+        if read_records(&rec).iter().any(|r| r.method == "GetOOMEvent") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        read_records(&rec).iter().any(|r| r.method == "GetOOMEvent"),
+        "the call reached the agent"
+    );
+    d.manager().stop_vm("pend1").await.expect("StopVM");
+    let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut s))
+        .await
+        .expect("the caller gets an answer, not a hang");
+    match r {
+        Ok(resp) => {
+            assert_eq!(resp.stream_id, 3);
+            assert_eq!(resp.code, ttrpc::Code::UNAVAILABLE, "{}", resp.message);
+            assert!(resp.message.contains("stopping"), "{}", resp.message);
+        }
+        Err(e) => panic!("expected an UNAVAILABLE answer, got a bare {e}"),
+    }
+    d.manager().wait_teardowns().await;
+}
