@@ -205,3 +205,29 @@ async fn a_call_pending_at_stop_vm_is_answered_unavailable() {
     }
     d.manager().wait_teardowns().await;
 }
+
+/// Readiness checks and relayed shim connections end with a proper TLS
+/// close: the forwarder logs no connection that ended with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarder_sees_clean_closes_only() {
+    let d = TestDaemon::start(true).await;
+    let (sock, instance) = d.running_sandbox("clean1").await;
+    for _ in 0..3 {
+        let r = raw_call(&sock, "grpc.Health", "Check", &[]).await.unwrap();
+        assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
+    }
+    let log = d
+        .provider
+        .record_file(&instance)
+        .with_file_name("forwarder.log");
+    // The relayed connections have ended at the forwarder once it logged
+    // their end or nothing more arrives; give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("listening"), "{text}");
+    assert!(
+        !text.contains("ended with an error"),
+        "the forwarder saw unclean closes:\n{text}"
+    );
+    d.stop_all().await;
+}
