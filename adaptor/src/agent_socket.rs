@@ -2,16 +2,28 @@
 //! connects here and every connection is relayed, frame by frame, to the
 //! pod VM's forwarder. A connection made before the VM is ready waits for
 //! it; connections are never timed out for being quiet (long polls and
-//! runtime-rs' read-only log connection are normal).
+//! runtime-rs' read-only log connection are normal). When the socket is
+//! closed (StopVM, a failed start), every call still waiting for its answer
+//! gets `UNAVAILABLE` before its connection closes, so a caller with a
+//! pending request (runtime-rs' GetOOMEvent) hears why.
 
 use crate::upstream::Upstream;
 use peerpod_relay::relay::RelayOutcome;
-use peerpod_relay::{relay_connection, CreateContainerRewriter, RelayOptions, RequestRewriter};
+use peerpod_relay::{
+    relay_connection_until, CreateContainerRewriter, RelayOptions, RequestRewriter,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
+
+/// What a caller whose request was in flight hears when the socket closes.
+pub const CLOSED_REASON: &str =
+    "the sandbox is stopping (StopVM or a failed start): its agent socket was closed";
+/// How long closing the socket waits for its connections to answer their
+/// callers and close.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where connections go.
 #[derive(Clone)]
@@ -59,11 +71,11 @@ pub fn bind_exclusive(path: &Path) -> Result<UnixListener, SocketError> {
 }
 
 /// A served agent socket. Dropping it stops accepting and closes every
-/// relayed connection.
+/// relayed connection, each after answering its waiting calls with
+/// `UNAVAILABLE`.
 pub struct AgentSocket {
     pub path: PathBuf,
     target: watch::Sender<Target>,
-    task: JoinHandle<()>,
 }
 
 impl AgentSocket {
@@ -71,11 +83,10 @@ impl AgentSocket {
     pub fn serve(path: &Path, target: Target, opts: RelayOptions) -> Result<Self, SocketError> {
         let listener = bind_exclusive(path)?;
         let (tx, rx) = watch::channel(target);
-        let task = tokio::spawn(accept_loop(listener, rx, opts));
+        tokio::spawn(accept_loop(listener, rx, opts));
         Ok(Self {
             path: path.to_path_buf(),
             target: tx,
-            task,
         })
     }
 
@@ -87,8 +98,10 @@ impl AgentSocket {
 
 impl Drop for AgentSocket {
     fn drop(&mut self) {
+        // The accept loop sees this, stops accepting and lets every
+        // connection answer its waiting callers before it ends (not
+        // aborted: that would cut the callers off without a word).
         self.target.send_replace(Target::Closed);
-        self.task.abort();
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -114,12 +127,34 @@ async fn accept_loop(
             },
             changed = target.changed() => {
                 if changed.is_err() || matches!(*target.borrow(), Target::Closed) {
-                    // Dropping the set aborts every relayed connection.
-                    return;
+                    break;
                 }
             }
         }
     }
+    drop(listener);
+    // Each connection sees the same change, answers its waiting calls and
+    // closes; whatever is still running after CLOSE_WAIT is aborted when
+    // the set is dropped.
+    let all_done = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(CLOSE_WAIT, all_done).await.is_err() {
+        tracing::warn!(sandbox = %opts.label, left = conns.len(),
+            "agent connections did not close in time after the socket was closed; cutting them");
+    }
+}
+
+/// Completes when the socket is closed (or its owner is gone), with the
+/// reason waiting callers are given.
+async fn closed(mut target: watch::Receiver<Target>) -> String {
+    loop {
+        if matches!(*target.borrow_and_update(), Target::Closed) {
+            break;
+        }
+        if target.changed().await.is_err() {
+            break;
+        }
+    }
+    CLOSED_REASON.to_string()
 }
 
 async fn handle(
@@ -147,8 +182,12 @@ async fn handle(
             return;
         }
     };
-    let outcome = relay_connection(down, stream, opts.clone(), rewriter).await;
+    let outcome =
+        relay_connection_until(down, stream, opts.clone(), rewriter, closed(target)).await;
     match &outcome {
+        RelayOutcome::Stopped { failed_requests } => {
+            tracing::info!(sandbox = %opts.label, failed_requests, "agent connection closed with the socket; waiting calls were answered UNAVAILABLE");
+        }
         // The caller cut a frame or sent bytes that are not ttrpc framing.
         RelayOutcome::DownstreamError(e)
             if matches!(

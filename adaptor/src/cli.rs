@@ -82,7 +82,7 @@ pub struct GlobalArgs {
     /// Initdata (base64, as the cc_init_data annotation) for pods that carry none.
     #[arg(long, env = "INITDATA", global = true)]
     pub initdata: Option<String>,
-    /// Registry credentials (auth.json) given to every pod VM (default: /root/containers/auth.json if present).
+    /// Registry credentials (auth.json) given to every pod VM; none unless set (the node's own auth.json is never shipped).
     #[arg(long, env = "PEERPOD_REGISTRY_AUTH_FILE", global = true)]
     pub registry_auth_file: Option<PathBuf>,
     /// Seconds between orphan VM collection passes (0: only at start-up).

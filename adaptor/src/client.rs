@@ -122,6 +122,75 @@ pub async fn health_check(
     Ok(r.status.enum_value().unwrap_or(ServingStatus::UNKNOWN))
 }
 
+/// Why a Health check on a raw stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthCallError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the connection closed before the answer")]
+    Closed,
+    #[error("answer is not a ttrpc response: {0}")]
+    Decode(String),
+    #[error("{code:?}: {message}")]
+    Status { code: ttrpc::Code, message: String },
+}
+
+/// One `grpc.Health/Check` on a stream the caller owns (and closes).
+///
+/// ttrpc's client takes ownership of its socket and drops it without a
+/// shutdown, which a TLS peer reads as a truncated stream (no
+/// `close_notify`); readiness checks run many times per StartVM, so they
+/// speak the one request and response here, frame by frame (the framing
+/// is the relay's), and the caller closes the stream properly.
+pub async fn health_check_on<S>(
+    stream: &mut S,
+    timeout: Duration,
+) -> Result<ServingStatus, HealthCallError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use peerpod_protocols::health::HealthCheckResponse;
+    use peerpod_protocols::protobuf::Message;
+    use peerpod_relay::frame::{encode_frame, read_header, MessageType};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let decode = |e: peerpod_protocols::protobuf::Error| HealthCallError::Decode(e.to_string());
+    let mut req = ttrpc::Request::new();
+    req.service = peerpod_protocols::services::HEALTH.into();
+    req.method = "Check".into();
+    req.payload = CheckRequest::new().write_to_bytes().map_err(decode)?;
+    req.timeout_nano = timeout.as_nanos().min(i64::MAX as u128) as i64;
+    let body = req.write_to_bytes().map_err(decode)?;
+    stream
+        .write_all(&encode_frame(1, MessageType::Request, 0, &body))
+        .await?;
+    stream.flush().await?;
+    loop {
+        let h = read_header(stream).await?.ok_or(HealthCallError::Closed)?;
+        if h.length > peerpod_relay::frame::DEFAULT_MAX_PAYLOAD {
+            return Err(HealthCallError::Decode(format!(
+                "a frame of {} bytes",
+                h.length
+            )));
+        }
+        let mut payload = vec![0u8; h.length as usize];
+        stream.read_exact(&mut payload).await?;
+        if h.kind != MessageType::Response || h.stream_id != 1 {
+            continue;
+        }
+        let resp = ttrpc::Response::parse_from_bytes(&payload).map_err(decode)?;
+        if let Some(s) = resp.status.as_ref() {
+            if s.code() != ttrpc::Code::OK {
+                return Err(HealthCallError::Status {
+                    code: s.code(),
+                    message: s.message.clone(),
+                });
+            }
+        }
+        let r = HealthCheckResponse::parse_from_bytes(&resp.payload).map_err(decode)?;
+        return Ok(r.status.enum_value().unwrap_or(ServingStatus::UNKNOWN));
+    }
+}
+
 /// A Health check through a sandbox's agent socket.
 pub async fn agent_health(
     agent_socket: &Path,

@@ -52,7 +52,8 @@ pub struct AdaptorConfig {
     /// Initdata for pods without the `cc_init_data` annotation (base64,
     /// as the annotation; the Go adaptor's `INITDATA`).
     pub initdata: Option<String>,
-    /// Registry credentials (`auth.json`) every VM gets. Secret.
+    /// Registry credentials (`auth.json`) every VM gets, only when the
+    /// operator configured a file explicitly (never a default). Secret.
     pub registry_auth: Option<String>,
     /// Orphan VM collection.
     pub orphans: crate::orphans::OrphanPolicy,
@@ -97,24 +98,20 @@ impl AdaptorConfig {
     }
 }
 
-/// Where the Go adaptor's deployments mount the registry credentials.
-pub const DEFAULT_REGISTRY_AUTH_FILE: &str = "/root/containers/auth.json";
 /// Largest registry credentials file accepted.
 pub const MAX_REGISTRY_AUTH_BYTES: u64 = 16 * 1024;
 
-/// Reads the registry credentials file: JSON, at most 16 KiB. With no
-/// path given, the Go adaptor's mount point is used if a file is there.
-/// Errors name the file, never its content.
+/// Reads the registry credentials file the operator configured: JSON, at
+/// most 16 KiB. No path, no credentials: nothing on the node (such as the
+/// node's own `auth.json`) is shipped to pod VMs unless asked for, since
+/// every pod VM would get it. Per-pod image pull secrets come with the
+/// Kubernetes integration. Errors name the file, never its content.
 pub fn read_registry_auth(path: Option<&std::path::Path>) -> Result<Option<String>, String> {
-    let (path, explicit) = match path {
-        Some(p) => (p.to_path_buf(), true),
-        None => (PathBuf::from(DEFAULT_REGISTRY_AUTH_FILE), false),
+    let Some(path) = path else {
+        return Ok(None);
     };
-    let meta = match std::fs::metadata(&path) {
-        Ok(m) => m,
-        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("registry auth file {}: {e}", path.display())),
-    };
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("registry auth file {}: {e}", path.display()))?;
     if meta.len() > MAX_REGISTRY_AUTH_BYTES {
         return Err(format!(
             "registry auth file {} is {} bytes, more than {MAX_REGISTRY_AUTH_BYTES}",
@@ -122,7 +119,7 @@ pub fn read_registry_auth(path: Option<&std::path::Path>) -> Result<Option<Strin
             meta.len()
         ));
     }
-    let text = std::fs::read_to_string(&path)
+    let text = std::fs::read_to_string(path)
         .map_err(|e| format!("registry auth file {}: {e}", path.display()))?;
     if serde_json::from_str::<serde_json::Value>(&text).is_err() {
         return Err(format!(
@@ -184,5 +181,7 @@ mod tests {
         assert!(read_registry_auth(Some(&big))
             .unwrap_err()
             .contains("bytes"));
+        // Nothing configured: nothing read, wherever a file may lie.
+        assert_eq!(read_registry_auth(None), Ok(None));
     }
 }

@@ -3,18 +3,21 @@
 //! at most 100 ms, so a VM that comes up is noticed within a tenth of a
 //! second. That costs nothing while the VM is still booting: an attempt
 //! then either waits in its TCP connect (no host yet) or is refused at
-//! once by the guest kernel.
+//! once by the guest kernel. Each attempt closes its connection properly
+//! (TLS `close_notify`), so the forwarder sees a clean end, not an error.
 
-use crate::client::health_check;
+use crate::client::health_check_on;
 use crate::upstream::{DialError, Upstream};
 use peerpod_protocols::health::health_check_response::ServingStatus;
 use std::time::{Duration, Instant};
-use ttrpc::r#async::transport::Socket;
+use tokio::io::AsyncWriteExt;
 
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 pub const MAX_BACKOFF: Duration = Duration::from_millis(100);
 /// One Health call may take this long before the attempt counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Closing the connection (TLS close_notify) may take this long.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The outcome of one Health check attempt.
 #[derive(Debug, thiserror::Error)]
@@ -27,11 +30,13 @@ pub enum CheckError {
     NotServing(ServingStatus),
 }
 
-/// One Health check over a fresh connection.
+/// One Health check over a fresh connection, closed properly afterwards.
 pub async fn check_once(up: &Upstream) -> Result<(), CheckError> {
-    let stream = up.connect().await?;
-    let client = ttrpc::r#async::Client::new(Socket::new(stream));
-    match tokio::time::timeout(CHECK_TIMEOUT, health_check(client, CHECK_TIMEOUT)).await {
+    let mut stream = up.connect().await?;
+    let answer =
+        tokio::time::timeout(CHECK_TIMEOUT, health_check_on(&mut stream, CHECK_TIMEOUT)).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
+    match answer {
         Ok(Ok(ServingStatus::SERVING)) => Ok(()),
         Ok(Ok(other)) => Err(CheckError::NotServing(other)),
         Ok(Err(e)) => Err(CheckError::Agent(e.to_string())),

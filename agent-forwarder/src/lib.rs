@@ -137,6 +137,12 @@ impl Forwarder {
         self
     }
 
+    /// Byte and connection counters of every relayed connection (shared
+    /// with the serving task).
+    pub fn counters(&self) -> Arc<peerpod_relay::relay::RelayCounters> {
+        self.opts.counters.clone()
+    }
+
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
@@ -196,6 +202,13 @@ impl Forwarder {
         tracing::debug!(%peer, "relaying a connection to the kata-agent");
         let outcome =
             relay_connection(stream, agent, self.opts.clone(), self.rewriter.clone()).await;
-        tracing::debug!(%peer, ?outcome, "connection ended");
+        match &outcome {
+            // The adaptor closes its connections properly (TLS
+            // close_notify); anything else is worth a line.
+            peerpod_relay::RelayOutcome::DownstreamError(e) => {
+                tracing::warn!(%peer, error = %e, "the adaptor's connection ended with an error")
+            }
+            _ => tracing::debug!(%peer, ?outcome, "connection ended"),
+        }
     }
 }

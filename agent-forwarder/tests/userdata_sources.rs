@@ -3,7 +3,6 @@
 //! real `process-user-data` binary writing its files with mode 0600.
 
 use agent_forwarder::userdata_source::{fetch, write_out, FetchError, Source};
-use base64::Engine as _;
 use peerpod_vmconfig::userdata::UserData;
 use peerpod_vmconfig::ForwarderConfig;
 use std::io::{BufRead, BufReader, Write};
@@ -11,6 +10,9 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+#[path = "../../test-fixtures/cloud-userdata/fixture.rs"]
+mod userdata_fixture;
 
 fn doc() -> (UserData, Vec<u8>) {
     let ud = UserData {
@@ -87,56 +89,111 @@ fn server(
     (addr, seen)
 }
 
-#[test]
-fn aws_imdsv2_token_flow() {
-    let (ud, bytes) = doc();
-    let (ep, seen) = server(move |r| match (r.method.as_str(), r.path.as_str()) {
-        ("PUT", "/latest/api/token") => (200, b"tok-123".to_vec()),
-        ("GET", "/latest/user-data") if r.header("X-aws-ec2-metadata-token") == Some("tok-123") => {
-            (200, bytes.clone())
+/// A metadata service as the shared fixture of `cloud` describes it
+/// (test-fixtures/cloud-userdata/<cloud>.json, which the provider's cloud
+/// stand-in reads too): it answers only the user-data request of exactly
+/// the fixture's shape — method, path, query, headers, and for AWS the
+/// IMDSv2 token flow — with `doc` encoded as the fixture says.
+fn metadata_service(cloud: &str, doc: Vec<u8>) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let f = userdata_fixture::fixture(cloud);
+    let body = userdata_fixture::encode(userdata_fixture::text(&f, "/read/body_encoding"), &doc);
+    let token = format!("tok-{}", std::process::id());
+    server(move |r| {
+        let (path, query) = r.path.split_once('?').unwrap_or((&r.path, ""));
+        let pairs: Vec<(&str, &str)> = query
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+            .collect();
+        if let Some(t) = f.pointer("/read/token") {
+            if r.method == userdata_fixture::text(t, "/method")
+                && path == userdata_fixture::text(t, "/path")
+            {
+                return match r.header(userdata_fixture::text(t, "/request_header")) {
+                    Some(_) => (200, token.clone().into_bytes()),
+                    None => (400, Vec::new()),
+                };
+            }
         }
-        _ => (401, Vec::new()),
-    });
+        if r.method != userdata_fixture::text(&f, "/read/method")
+            || path != userdata_fixture::text(&f, "/read/path")
+        {
+            return (404, Vec::new());
+        }
+        let query_ok = f["read"]["query"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| pairs.contains(&(k.as_str(), v.as_str().unwrap())));
+        let headers_ok = f["read"]["headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| r.header(k) == v.as_str());
+        let token_ok = match f.pointer("/read/token") {
+            Some(t) => r.header(userdata_fixture::text(t, "/token_header")) == Some(&*token),
+            None => true,
+        };
+        if query_ok && headers_ok && token_ok {
+            (200, body.clone())
+        } else {
+            (400, Vec::new())
+        }
+    })
+}
+
+#[test]
+fn aws_imdsv2_as_the_shared_fixture_describes_it() {
+    let (ud, bytes) = doc();
+    let (ep, seen) = metadata_service("aws", bytes);
     let (src, got) = fetch(&[Source::Aws(ep)], Duration::from_secs(5)).unwrap();
     assert!(matches!(src, Source::Aws(_)));
     assert_eq!(got, ud);
     let seen = seen.lock().unwrap();
-    assert_eq!(seen[0].method, "PUT");
-    assert!(seen[0]
-        .header("X-aws-ec2-metadata-token-ttl-seconds")
-        .is_some());
+    assert_eq!(seen[0].method, "PUT", "the token first: {seen:?}");
 }
 
 #[test]
-fn azure_imds_base64_body_and_metadata_header() {
+fn azure_imds_as_the_shared_fixture_describes_it() {
     let (ud, bytes) = doc();
-    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-    let (ep, seen) = server(move |r| {
-        if r.header("Metadata") == Some("true")
-            && r.path.starts_with("/metadata/instance/compute/userData")
-        {
-            (200, b64.clone().into_bytes())
-        } else {
-            (400, Vec::new())
-        }
-    });
+    let (ep, seen) = metadata_service("azure", bytes);
     let (_, got) = fetch(&[Source::Azure(ep)], Duration::from_secs(5)).unwrap();
     assert_eq!(got, ud);
-    assert!(seen.lock().unwrap()[0].path.contains("format=text"));
+    assert_eq!(seen.lock().unwrap().len(), 1);
 }
 
 #[test]
-fn gcp_metadata_flavor_header() {
+fn gcp_metadata_server_as_the_shared_fixture_describes_it() {
     let (ud, bytes) = doc();
-    let (ep, _) = server(move |r| {
-        if r.header("Metadata-Flavor") == Some("Google") {
-            (200, bytes.clone())
-        } else {
-            (403, Vec::new())
-        }
-    });
+    let (ep, _) = metadata_service("gcp", bytes);
     let (_, got) = fetch(&[Source::Gcp(ep)], Duration::from_secs(5)).unwrap();
     assert_eq!(got, ud);
+}
+
+/// The stand-in above is strict: a request of another shape gets no
+/// document (so the tests above pass only for the fixture's shape).
+#[test]
+fn the_fixture_metadata_services_refuse_other_shapes() {
+    let (_, bytes) = doc();
+    for (cloud, wrong) in [
+        (
+            "azure",
+            "/metadata/instance/compute/customData?api-version=2021-01-01&format=text",
+        ),
+        (
+            "azure",
+            "/metadata/instance/compute/userData?api-version=2021-01-01",
+        ),
+        ("gcp", "/computeMetadata/v1/instance/attributes/userdata"),
+        ("aws", "/latest/user-data"),
+    ] {
+        let (ep, _) = metadata_service(cloud, bytes.clone());
+        let r = ureq::get(format!("{ep}{wrong}"))
+            .header("Metadata", "true")
+            .header("Metadata-Flavor", "Google")
+            .call();
+        assert!(r.is_err(), "{cloud} {wrong} answered: {r:?}");
+    }
 }
 
 #[test]

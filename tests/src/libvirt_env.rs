@@ -5,8 +5,8 @@
 //! removed — with every domain, volume and console log the test made —
 //! when the [`LibvirtEnv`] is dropped, even after a failed assertion.
 //!
-//! Without root or libvirt a test is skipped with the reason printed;
-//! under `CI=true` the same condition fails the test instead.
+//! Without root or libvirt a test fails with the reason (never a silent
+//! skip): `scripts/setup.sh --libvirt` installs what is needed.
 
 use crate::bins::bin_path;
 use std::net::Ipv4Addr;
@@ -189,15 +189,17 @@ pub struct LibvirtEnv {
 }
 
 impl LibvirtEnv {
-    /// A fresh environment, or `None` (after printing why) where libvirt
-    /// tests cannot run. Under `CI=true` a missing facility panics.
-    pub fn new() -> Option<Self> {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        let fail = |why: String| -> Option<Self> {
-            assert!(!ci, "libvirt test cannot run under CI: {why}");
-            eprintln!("SKIPPED: {why}");
-            None
-        };
+    /// A fresh environment for a test: fails the test, naming what is
+    /// missing, where libvirt tests cannot run.
+    pub fn required() -> Self {
+        Self::new().unwrap_or_else(|why| {
+            panic!("the libvirt test cannot run here: {why} (scripts/setup.sh --libvirt)")
+        })
+    }
+
+    /// A fresh environment, or why libvirt cannot be used here.
+    pub fn new() -> Result<Self, String> {
+        let fail = |why: String| -> Result<Self, String> { Err(why) };
         if let Some(why) = missing_facility() {
             return fail(why);
         }
@@ -228,7 +230,7 @@ impl LibvirtEnv {
             env.remove();
             panic!("setting up the libvirt test environment: {e}");
         }
-        Some(env)
+        Ok(env)
     }
 
     /// One attempt at the network on `self.gateway`'s /24.

@@ -5,8 +5,8 @@
 //! the VM through the VXLAN tunnel, StopVM leaving no domain, volume, ISO
 //! or console log), and a create that fails half-way leaving nothing.
 //! Boots are slow under TCG, so each scenario boots once.
-//! Needs root and libvirt (`scripts/setup.sh --libvirt`); skipped with the
-//! reason printed elsewhere, failed under CI=true.
+//! Needs root and libvirt (`scripts/setup.sh --libvirt`); fails naming
+//! what is missing where they are not there.
 #![cfg(feature = "libvirt")]
 
 use cloud_api_adaptor::client::{shim_annotations, Hypervisor};
@@ -64,7 +64,7 @@ async fn agent_answers(sock: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sandboxes_boot_relay_ping_and_stop_clean() {
-    let Some(env) = LibvirtEnv::new() else { return };
+    let env = LibvirtEnv::required();
     init_logging();
     let t = env.token.clone();
 
@@ -226,7 +226,7 @@ fn bare_request(name: &str, node: &str) -> InstanceRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_that_fails_half_way_leaves_nothing_and_config_errors_are_clear() {
-    let Some(env) = LibvirtEnv::new() else { return };
+    let env = LibvirtEnv::required();
     init_logging();
     let t = env.token.clone();
 
@@ -268,7 +268,7 @@ async fn a_create_that_fails_half_way_leaves_nothing_and_config_errors_are_clear
 /// fails naming the reservation, and nothing is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_address_reservation_discards_the_domain_and_fails_clearly() {
-    let Some(env) = LibvirtEnv::new() else { return };
+    let env = LibvirtEnv::required();
     init_logging();
     let t = env.token.clone();
     let name = format!("podvm-taken{t}-0");
@@ -298,7 +298,7 @@ async fn a_refused_address_reservation_discards_the_domain_and_fails_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvm_probe_settles_the_domain_type_and_leaves_nothing() {
-    let Some(env) = LibvirtEnv::new() else { return };
+    let env = LibvirtEnv::required();
     init_logging();
     let mut cfg = env.config();
     cfg.kvm_probe = true;
@@ -339,7 +339,7 @@ async fn debian_image_boots_to_ready_when_built() {
         .expect(
             "PEERPOD_PODVM_DEBIAN_DIR must name a podvm-image/build.sh --variant debian output",
         );
-    let Some(env) = LibvirtEnv::new() else { return };
+    let env = LibvirtEnv::required();
     init_logging();
     let t = env.token.clone();
     std::fs::copy(

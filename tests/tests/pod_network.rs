@@ -8,7 +8,7 @@ use cloud_api_adaptor::client::{shim_annotations, Hypervisor};
 use cloud_api_adaptor::Daemon;
 use peerpod_provider_local::{LocalConfig, LocalProvider};
 use peerpod_tests::bins::bin_path;
-use peerpod_tests::harness::{config_in, init_logging};
+use peerpod_tests::harness::{config_in, init_logging, raw_call};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,49 +40,95 @@ impl Drop for Cleanup {
     }
 }
 
+/// A pod namespace `pod` on a "CNI" bridge (in namespace `cni`) with a
+/// peer namespace `peer` on the same bridge, and a local-provider daemon
+/// whose instances sit on `bridge`.
+struct World {
+    clean: Cleanup,
+    pod: String,
+    peer: String,
+    subnet: u8,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new(t: &str, subnet: u8) -> Self {
+        let (cni, pod, peer) = (
+            format!("ppe-c{t}"),
+            format!("ppe-p{t}"),
+            format!("ppe-q{t}"),
+        );
+        let bridge = format!("ppe{t}");
+        let clean = Cleanup {
+            netns: vec![cni.clone(), pod.clone(), peer.clone()],
+            bridge,
+        };
+        sh(&format!(
+            "ip netns add {cni} && ip netns add {pod} && ip netns add {peer} && \
+             ip -n {cni} link add br0 type bridge && ip -n {cni} link set br0 up && \
+             ip -n {cni} addr add 10.95.0.1/24 dev br0 && \
+             ip link add eth0 netns {pod} type veth peer name p0 netns {cni} && \
+             ip -n {cni} link set p0 master br0 up && ip -n {pod} link set eth0 up && \
+             ip -n {pod} addr add 10.95.0.2/24 dev eth0 && ip -n {pod} route add default via 10.95.0.1 && \
+             ip link add eth0 netns {peer} type veth peer name q0 netns {cni} && \
+             ip -n {cni} link set q0 master br0 up && ip -n {peer} link set eth0 up && \
+             ip -n {peer} addr add 10.95.0.3/24 dev eth0"
+        ));
+        Self {
+            clean,
+            pod,
+            peer,
+            subnet,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn daemon(&self, bridge: &str) -> (cloud_api_adaptor::AdaptorConfig, Daemon) {
+        let mut cfg = config_in(self.dir.path(), "podnet-node");
+        let mut lc = LocalConfig::with_defaults(self.dir.path().join("local"));
+        lc.forwarder_bin = bin_path("agent-protocol-forwarder");
+        lc.agent_bin = bin_path("kata-agent-double");
+        lc.user_data_bin = bin_path("process-user-data");
+        lc.bridge = bridge.to_string();
+        lc.subnet = format!("10.217.{}.0", self.subnet).parse().unwrap();
+        cfg.worker_ip = Some(lc.gateway().into());
+        cfg.start_timeout = Duration::from_secs(30);
+        // Tests of this file run side by side: each daemon its own VNIs.
+        cfg.vni_base = 7000 + 100 * u32::from(self.subnet);
+        let provider = Arc::new(LocalProvider::new(lc).unwrap());
+        let daemon = Daemon::start(cfg.clone(), provider).await.unwrap();
+        (cfg, daemon)
+    }
+}
+
+/// The pod network namespace the sandbox's local instance built.
+async fn vm_pod_netns(daemon: &Daemon, id: &str) -> String {
+    let instance = daemon
+        .manager
+        .list()
+        .await
+        .into_iter()
+        .find(|s| s.id == id)
+        .and_then(|s| s.instance_id)
+        .expect("the sandbox has an instance");
+    peerpod_provider_local::pod_netns_name(&format!("pplocal-{instance}"))
+}
+
+fn needs_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (network namespaces, VXLAN): run it as root"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_on_the_cni_bridge_reaches_the_sandbox_through_the_tunnel() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(std::env::var("CI").is_err(), "CI must run this as root");
-        eprintln!("SKIPPED: needs root (network namespaces, VXLAN)");
-        return;
-    }
+    needs_root();
     init_logging();
     let t = format!("{:05x}", rand::random::<u32>() & 0xf_ffff);
-    let (cni, pod, peer) = (
-        format!("ppe-c{t}"),
-        format!("ppe-p{t}"),
-        format!("ppe-q{t}"),
-    );
-    let bridge = format!("ppe{t}");
-    let mut clean = Cleanup {
-        netns: vec![cni.clone(), pod.clone(), peer.clone()],
-        bridge: bridge.clone(),
-    };
-    sh(&format!(
-        "ip netns add {cni} && ip netns add {pod} && ip netns add {peer} && \
-         ip -n {cni} link add br0 type bridge && ip -n {cni} link set br0 up && \
-         ip -n {cni} addr add 10.95.0.1/24 dev br0 && \
-         ip link add eth0 netns {pod} type veth peer name p0 netns {cni} && \
-         ip -n {cni} link set p0 master br0 up && ip -n {pod} link set eth0 up && \
-         ip -n {pod} addr add 10.95.0.2/24 dev eth0 && ip -n {pod} route add default via 10.95.0.1 && \
-         ip link add eth0 netns {peer} type veth peer name q0 netns {cni} && \
-         ip -n {cni} link set q0 master br0 up && ip -n {peer} link set eth0 up && \
-         ip -n {peer} addr add 10.95.0.3/24 dev eth0"
-    ));
-
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config_in(dir.path(), "podnet-node");
-    let mut lc = LocalConfig::with_defaults(dir.path().join("local"));
-    lc.forwarder_bin = bin_path("agent-protocol-forwarder");
-    lc.agent_bin = bin_path("kata-agent-double");
-    lc.user_data_bin = bin_path("process-user-data");
-    lc.bridge = bridge.clone();
-    lc.subnet = "10.217.3.0".parse().unwrap();
-    cfg.worker_ip = Some(lc.gateway().into());
-    cfg.start_timeout = Duration::from_secs(30);
-    let provider = Arc::new(LocalProvider::new(lc).unwrap());
-    let daemon = Daemon::start(cfg.clone(), provider).await.unwrap();
+    let mut w = World::new(&t, 3);
+    let (pod, peer, bridge) = (w.pod.clone(), w.peer.clone(), w.clean.bridge.clone());
+    let (cfg, daemon) = w.daemon(&bridge).await;
     let h = Hypervisor::connect(&cfg.socket).await.unwrap();
 
     // A namespace path that does not exist is a clear CreateVM error.
@@ -111,13 +157,8 @@ async fn peer_on_the_cni_bridge_reaches_the_sandbox_through_the_tunnel() {
 
     // The sandbox's pod namespace carries the pod's address on a VXLAN
     // device, and the worker end sits in the pod namespace.
-    let vm_pod_ns = sh("ip netns list | awk '{print $1}' | grep '^pplocal-.*-pod$'");
-    let vm_pod_ns = vm_pod_ns
-        .lines()
-        .next()
-        .expect("sandbox pod netns")
-        .to_string();
-    clean.netns.push(vm_pod_ns.clone());
+    let vm_pod_ns = vm_pod_netns(&daemon, &id).await;
+    w.clean.netns.push(vm_pod_ns.clone());
     let vm_side = sh(&format!("ip -n {vm_pod_ns} -d addr show eth0"));
     assert!(vm_side.contains("vxlan id"), "{vm_side}");
     assert!(vm_side.contains("10.95.0.2/24"), "{vm_side}");
@@ -155,5 +196,147 @@ async fn peer_on_the_cni_bridge_reaches_the_sandbox_through_the_tunnel() {
         .is_empty());
     let left = sh("ip netns list | awk '{print $1}' | grep '^pplocal-' || true");
     assert!(!left.contains(&vm_pod_ns), "{left}");
+    daemon.shutdown().await;
+}
+
+/// (device, inode) of a network namespace file.
+fn ns_identity(path: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Pids whose network namespace is `ns`.
+fn pids_in(ns: (u64, u64)) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .map(|m| (m.dev(), m.ino()) == ns)
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Open file descriptors (of any process) on the namespace with inode `ino`.
+fn fds_on(ino: u64) -> Vec<String> {
+    let want = format!("net:[{ino}]");
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path())
+                .map(|l| l.to_string_lossy() == want)
+                .unwrap_or(false)
+            {
+                out.push(fd.path().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Whether `pid` ignores SIGTERM (bit 15 of SigIgn).
+fn ignores_sigterm(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+}
+
+/// Kills what a failed test leaked into a namespace.
+struct KillIn(Option<(u64, u64)>);
+
+impl Drop for KillIn {
+    fn drop(&mut self) {
+        if let Some(ns) = self.0 {
+            for pid in pids_in(ns) {
+                // SAFETY: plain syscall on a process inside the test's namespace.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// StopVM without DestroySandbox (a shim crash, a forced teardown): the
+/// processes the agent started for containers in the sandbox's pod
+/// network namespace — which ignore SIGTERM — are killed too, and the
+/// namespace (with its VXLAN device) is really gone: no process in it, no
+/// descriptor or mount holding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_vm_kills_container_processes_in_the_pod_netns() {
+    use peerpod_protocols::agent::CreateContainerRequest;
+    use peerpod_protocols::oci::{Linux, Spec};
+    use peerpod_protocols::protobuf::Message;
+    needs_root();
+    init_logging();
+    let t = format!("{:05x}", rand::random::<u32>() & 0xf_ffff);
+    let mut w = World::new(&t, 4);
+    let bridge = w.clean.bridge.clone();
+    let (cfg, daemon) = w.daemon(&bridge).await;
+    let h = Hypervisor::connect(&cfg.socket).await.unwrap();
+    let id = format!("sbleak{t}");
+    let sock = h
+        .create_vm(
+            &id,
+            shim_annotations("web", "default"),
+            &format!("/run/netns/{}", w.pod),
+        )
+        .await
+        .expect("CreateVM");
+    h.start_vm(&id, Duration::from_secs(30))
+        .await
+        .expect("StartVM");
+    let vm_pod_ns = vm_pod_netns(&daemon, &id).await;
+    w.clean.netns.push(vm_pod_ns.clone());
+    let ns_path = format!("/run/netns/{vm_pod_ns}");
+    let ns = ns_identity(&ns_path).expect("the pod netns exists");
+    let _kill = KillIn(Some(ns));
+
+    // A container, as the shim creates it: the forwarder puts it into the
+    // pod network namespace; the agent starts its process there.
+    let mut c = CreateContainerRequest::new();
+    c.container_id = "c-leak".into();
+    let mut spec = Spec::new();
+    spec.Version = "1.1.0".into();
+    spec.Linux = Some(Linux::new()).into();
+    c.OCI = Some(spec).into();
+    let r = raw_call(
+        std::path::Path::new(&sock),
+        "grpc.AgentService",
+        "CreateContainer",
+        &c.write_to_bytes().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
+    let inside = pids_in(ns);
+    assert!(!inside.is_empty(), "the container runs in {vm_pod_ns}");
+    assert!(
+        inside.iter().any(|p| ignores_sigterm(*p)),
+        "the container process ignores SIGTERM: {inside:?}"
+    );
+
+    h.stop_vm(&id).await.expect("StopVM");
+    daemon.manager.wait_teardowns().await;
+    assert_eq!(
+        pids_in(ns),
+        Vec::<u32>::new(),
+        "processes left in {vm_pod_ns}"
+    );
+    assert!(!std::path::Path::new(&ns_path).exists(), "{ns_path}");
+    assert_eq!(
+        fds_on(ns.1),
+        Vec::<String>::new(),
+        "descriptors on {vm_pod_ns}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&vm_pod_ns), "{vm_pod_ns} still mounted");
     daemon.shutdown().await;
 }

@@ -3,7 +3,7 @@
 
 use peerpod_protocols::agent::GuestDetailsRequest;
 use peerpod_protocols::protobuf::Message;
-use peerpod_tests::agent_double::read_records;
+use peerpod_tests::agent_double::{read_records, TEST_ECHO_SERVICE};
 use peerpod_tests::harness::{raw_call, read_response, request_frame, TestDaemon};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -18,7 +18,9 @@ async fn calls_reach_the_agent_byte_identical_including_unknown_methods() {
 
     let mut gd = GuestDetailsRequest::new();
     gd.mem_block_size = true;
-    let gd_bytes = gd.write_to_bytes().unwrap();
+    let mut gd_bytes = gd.write_to_bytes().unwrap();
+    // A field no part of the relay knows about (number 2040, bytes).
+    gd_bytes.extend_from_slice(&[0xc2, 0x7f, 0x03, b'a', b'b', b'c']);
     let r = raw_call(&sock, "grpc.AgentService", "GetGuestDetails", &gd_bytes)
         .await
         .unwrap();
@@ -27,11 +29,19 @@ async fn calls_reach_the_agent_byte_identical_including_unknown_methods() {
         peerpod_protocols::agent::GuestDetailsResponse::parse_from_bytes(&r.payload).unwrap();
     assert_eq!(reply.mem_block_size_bytes, 128 << 20);
 
-    // A method and a field layout no part of the relay knows about.
+    // A method no part of the relay knows about reaches the agent, whose
+    // answer (the real agent's UNIMPLEMENTED, naming the method) comes
+    // back: the relay itself never answers with 12.
     let future: Vec<u8> = vec![
         0x0a, 0x03, b'a', b'b', b'c', 0xf8, 0x7f, 0x01, 0x42, 0x00, 0xff,
     ];
     let r = raw_call(&sock, "grpc.AgentService", "SomeFutureCall", &future)
+        .await
+        .unwrap();
+    assert_eq!(r.code, ttrpc::Code::UNIMPLEMENTED, "{}", r.message);
+    assert!(r.message.contains("SomeFutureCall"), "{}", r.message);
+    // And a payload of unknown layout comes back unchanged.
+    let r = raw_call(&sock, TEST_ECHO_SERVICE, "Echo", &future)
         .await
         .unwrap();
     assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
@@ -45,7 +55,7 @@ async fn calls_reach_the_agent_byte_identical_including_unknown_methods() {
             .map(|r| r.payload())
     };
     assert_eq!(find("GetGuestDetails").unwrap(), gd_bytes);
-    assert_eq!(find("SomeFutureCall").unwrap(), future);
+    assert_eq!(find("Echo").unwrap(), future);
     d.stop_all().await;
 }
 
@@ -64,7 +74,7 @@ async fn many_concurrent_calls_on_many_connections() {
             for i in 0..8u32 {
                 let stream = 2 * i + 1;
                 let body = format!("conn{c}-call{i}").into_bytes();
-                wr.write_all(&request_frame(stream, "grpc.AgentService", "Echo", &body))
+                wr.write_all(&request_frame(stream, TEST_ECHO_SERVICE, "Echo", &body))
                     .await
                     .unwrap();
             }
@@ -94,7 +104,7 @@ async fn large_payload_and_oversized_frame() {
     let (sock, _) = d.running_sandbox("big1").await;
     // 3 MiB goes through both ways.
     let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let r = raw_call(&sock, "grpc.AgentService", "Echo", &big)
+    let r = raw_call(&sock, TEST_ECHO_SERVICE, "Echo", &big)
         .await
         .unwrap();
     assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
@@ -110,7 +120,7 @@ async fn large_payload_and_oversized_frame() {
     // Over the 4 MiB limit: an error response, not a dropped daemon.
     let huge = vec![7u8; 5 * 1024 * 1024];
     let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
-    s.write_all(&request_frame(9, "grpc.AgentService", "Echo", &huge))
+    s.write_all(&request_frame(9, TEST_ECHO_SERVICE, "Echo", &huge))
         .await
         .unwrap();
     let r = read_response(&mut s).await.unwrap();
@@ -157,5 +167,67 @@ async fn forwarder_going_away_mid_call_is_an_error_not_a_hang() {
         }
         Err(e) => panic!("expected an error response, got a bare {e}"),
     }
+    d.stop_all().await;
+}
+
+/// StopVM while a call is pending (runtime-rs keeps a GetOOMEvent pending
+/// for the sandbox's life): the caller gets UNAVAILABLE, not a bare close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_pending_at_stop_vm_is_answered_unavailable() {
+    let d = TestDaemon::start(true).await;
+    let (sock, instance) = d.running_sandbox("pend1").await;
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    s.write_all(&request_frame(3, "grpc.AgentService", "GetOOMEvent", &[]))
+        .await
+        .unwrap();
+    let rec = d.provider.record_file(&instance);
+    for _ in 0..500 {
+        if read_records(&rec).iter().any(|r| r.method == "GetOOMEvent") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        read_records(&rec).iter().any(|r| r.method == "GetOOMEvent"),
+        "the call reached the agent"
+    );
+    d.manager().stop_vm("pend1").await.expect("StopVM");
+    let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut s))
+        .await
+        .expect("the caller gets an answer, not a hang");
+    match r {
+        Ok(resp) => {
+            assert_eq!(resp.stream_id, 3);
+            assert_eq!(resp.code, ttrpc::Code::UNAVAILABLE, "{}", resp.message);
+            assert!(resp.message.contains("stopping"), "{}", resp.message);
+        }
+        Err(e) => panic!("expected an UNAVAILABLE answer, got a bare {e}"),
+    }
+    d.manager().wait_teardowns().await;
+}
+
+/// Readiness checks and relayed shim connections end with a proper TLS
+/// close: the forwarder logs no connection that ended with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarder_sees_clean_closes_only() {
+    let d = TestDaemon::start(true).await;
+    let (sock, instance) = d.running_sandbox("clean1").await;
+    for _ in 0..3 {
+        let r = raw_call(&sock, "grpc.Health", "Check", &[]).await.unwrap();
+        assert_eq!(r.code, ttrpc::Code::OK, "{}", r.message);
+    }
+    let log = d
+        .provider
+        .record_file(&instance)
+        .with_file_name("forwarder.log");
+    // The relayed connections have ended at the forwarder once it logged
+    // their end or nothing more arrives; give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("listening"), "{text}");
+    assert!(
+        !text.contains("ended with an error"),
+        "the forwarder saw unclean closes:\n{text}"
+    );
     d.stop_all().await;
 }

@@ -126,10 +126,10 @@ async fn healthy(sock: &Path) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_adaptor_recovers_running_sandboxes() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: needs root (the local provider creates network namespaces)");
-        return;
-    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root (the local provider creates network namespaces): run the tests as root"
+    );
     let mut a = Adaptor::new();
     a.start().await;
     let h = Hypervisor::connect(&a.socket()).await.unwrap();

@@ -303,3 +303,65 @@ async fn no_secret_reaches_a_log_at_debug_level() {
     }
     assert!(leaks.is_empty(), "secrets in logs: {leaks:#?}");
 }
+
+/// The node's own registry credentials (`/root/containers/auth.json`,
+/// where the Go adaptor's deployments mount them) are not shipped to pod
+/// VMs unless the operator configures a file explicitly: every pod VM
+/// would get them. The adaptor runs in a mount namespace whose `/root`
+/// holds such a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_auth_json_is_not_shipped_by_default() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("needs root (the local provider creates network namespaces); run as root");
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut a = AdaptorProcess::new("authdefault-node", "10.217.10.0".parse().unwrap());
+    let marker = format!("node-cred-{:016x}", rand::random::<u64>());
+    let auth_json = format!(r#"{{"auths":{{"registry.example.com":{{"auth":"{marker}"}}}}}}"#);
+    let out = a.in_mount_ns(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "mount -t tmpfs -o mode=0700 peerpod-test /root && mkdir /root/containers && \
+                 printf '%s' '{auth_json}' > /root/containers/auth.json && cat /root/containers/auth.json"
+            ),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&marker),
+        "the node file is in place: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.start().await;
+    let h = Hypervisor::connect(&a.socket()).await.unwrap();
+    h.create_vm("authdef-1", shim_annotations("pod", "default"), "")
+        .await
+        .unwrap();
+    h.start_vm("authdef-1", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let instances = a
+        .local()
+        .list_instances(&OwnerTags {
+            cluster: String::new(),
+            node: "authdefault-node".into(),
+            sandbox_id: "authdef-1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(instances.len(), 1);
+    let idir = a.state().join("local/instances").join(&instances[0].id);
+    let user_data = std::fs::read_to_string(idir.join("user-data")).unwrap();
+    assert!(
+        !user_data.contains(peerpod_vmconfig::userdata::AUTH_JSON_PATH),
+        "registry credentials were shipped without being configured"
+    );
+    assert!(!user_data.contains(&b64.encode(&auth_json)));
+    assert!(!idir.join("run/auth.json").exists());
+    h.stop_vm("authdef-1").await.unwrap();
+    let wait = Instant::now();
+    while idir.exists() && wait.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

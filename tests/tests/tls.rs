@@ -18,6 +18,7 @@ struct Setup {
     ca: NodeCa,
     addr: std::net::SocketAddr,
     agent: AgentDouble,
+    counters: Arc<peerpod_relay::relay::RelayCounters>,
 }
 
 async fn setup() -> Setup {
@@ -33,12 +34,14 @@ async fn setup() -> Setup {
     cfg.agent_socket = sock;
     let fwd = agent_forwarder::Forwarder::bind(&cfg).await.unwrap();
     let addr = fwd.local_addr().unwrap();
+    let counters = fwd.counters();
     tokio::spawn(fwd.serve());
     Setup {
         _dir: dir,
         ca,
         addr,
         agent,
+        counters,
     }
 }
 
@@ -114,5 +117,41 @@ async fn client_with_certificate_from_another_ca_is_refused() {
     // And a client that does not trust the node CA does not trust the VM.
     let r = health_over(s.addr, other.client_config().unwrap()).await;
     assert!(r.unwrap_err().contains("handshake"));
+    s.agent.stop().await;
+}
+
+/// The adaptor's readiness checks close their TLS connections with
+/// close_notify: the forwarder sees each end as a clean close, not an
+/// UnexpectedEof error (which it logged after every StartVM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_checks_close_tls_cleanly() {
+    use std::sync::atomic::Ordering;
+    let s = setup().await;
+    let up = cloud_api_adaptor::upstream::Upstream::new(
+        s.addr,
+        NAME,
+        Some(s.ca.client_config().unwrap()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        cloud_api_adaptor::readiness::check_once(&up)
+            .await
+            .expect("Health check through the forwarder");
+    }
+    assert_eq!(s.agent.recorder.seen().len(), 3);
+    // The forwarder notices each close.
+    for _ in 0..500 {
+        if s.counters.active_connections.load(Ordering::Relaxed) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.counters.active_connections.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        s.counters.downstream_errors.load(Ordering::Relaxed),
+        0,
+        "the forwarder saw connections end with an error (no close_notify)"
+    );
     s.agent.stop().await;
 }

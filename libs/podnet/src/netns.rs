@@ -130,19 +130,19 @@ mod tests {
 
     #[test]
     fn removing_an_absent_namespace_is_fine() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: needs root");
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root: run the tests as root"
+        );
         remove("ppnet-never00000").unwrap();
     }
 
     #[test]
     fn create_enter_remove() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: needs root (network namespaces)");
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root (network namespaces): run the tests as root"
+        );
         /// Removes the namespace should the test fail half-way.
         struct Guard(String);
         impl Drop for Guard {

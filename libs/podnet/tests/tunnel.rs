@@ -16,9 +16,7 @@ fn ns(name: &str) -> Netns {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_reaches_the_vm_pod_namespace_over_ipv4_and_ipv6() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let t = Topo::new();
     let iface = inspect(&ns(&t.p)).await.expect("inspect pod netns");
     assert_eq!(iface.name, "eth0");
@@ -119,9 +117,7 @@ async fn peer_reaches_the_vm_pod_namespace_over_ipv4_and_ipv6() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teardown_of_a_vanished_pod_namespace_is_not_an_error() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let gone = Netns::Path("/run/netns/ppt-never-there".into());
     worker::teardown(&gone, "eth0").await.expect("gone is fine");
     let err = inspect(&gone).await.unwrap_err();
@@ -131,9 +127,7 @@ async fn teardown_of_a_vanished_pod_namespace_is_not_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_without_address_or_default_route_is_a_clear_error() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let mut names = Namespaces::new();
     let t = tag();
     let a = names.add(&format!("ppt-a-{t}"));
@@ -165,9 +159,7 @@ fn vni_of(netns: &str) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_tunnels_at_once_get_unique_ids_and_leave_nothing() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     const N: usize = 50;
     let mut names = Namespaces::new();
     let t = tag();

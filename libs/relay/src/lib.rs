@@ -13,5 +13,5 @@ pub mod status;
 pub mod tls;
 
 pub use frame::{FrameHeader, MessageType, HEADER_LEN};
-pub use relay::{relay_connection, RelayOptions, RelayOutcome};
+pub use relay::{relay_connection, relay_connection_until, RelayOptions, RelayOutcome};
 pub use rewrite::{CreateContainerRewriter, NoRewrite, RequestRewriter, RewriteError};

@@ -5,15 +5,17 @@
 //! in flight and a silent connection is normal (no idle or per-request
 //! timeout here). The relay tracks which request stream ids await a
 //! response, so that when the upstream goes away each waiting caller gets an
-//! `UNAVAILABLE` error instead of hanging. A frame over the size limit is
-//! read past (not buffered) and answered with `RESOURCE_EXHAUSTED`; the
-//! connection stays usable.
+//! `UNAVAILABLE` error instead of hanging — also when the owner of the
+//! relay ends it ([`relay_connection_until`], e.g. the sandbox is being
+//! stopped). A frame over the size limit is read past (not buffered) and
+//! answered with `RESOURCE_EXHAUSTED`; the connection stays usable. When a
+//! relay ends, both sides are shut down (a TLS side with `close_notify`).
 
 use crate::frame::{read_header, FrameHeader, MessageType, HEADER_LEN};
 use crate::rewrite::{self, RequestRewriter};
 use crate::status::error_frame;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
@@ -26,6 +28,8 @@ use ttrpc::Code;
 /// not pin memory for the life of a connection.
 const KEEP_BUFFER_BYTES: usize = 256 * 1024;
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// How long closing a side (flushing, TLS close_notify) may take.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How a relay behaves.
 #[derive(Clone)]
@@ -54,6 +58,10 @@ pub struct RelayCounters {
     pub bytes_to_upstream: AtomicU64,
     pub bytes_to_downstream: AtomicU64,
     pub active_connections: AtomicU64,
+    /// Connections that ended with a read or write error on the
+    /// downstream side (e.g. a TLS peer that hung up without
+    /// `close_notify`), as opposed to a clean close.
+    pub downstream_errors: AtomicU64,
 }
 
 /// Why a relayed connection ended.
@@ -70,6 +78,9 @@ pub enum RelayOutcome {
         error: std::io::Error,
         failed_requests: usize,
     },
+    /// The relay's owner ended it (see [`relay_connection_until`]);
+    /// waiting callers were failed with the owner's reason.
+    Stopped { failed_requests: usize },
 }
 
 enum End {
@@ -77,12 +88,17 @@ enum End {
     DownErr(std::io::Error),
     UpClosed,
     UpErr(std::io::Error),
+    Stopped(String),
 }
 
 type Pending = Arc<StdMutex<HashSet<u32>>>;
 
 struct Shared<D> {
     down_writer: Mutex<WriteHalf<D>>,
+    /// Set while a frame is being written downstream; still set after the
+    /// writing future was dropped mid-frame, so nothing more is written on
+    /// a torn stream.
+    down_torn: AtomicBool,
     pending: Pending,
     opts: RelayOptions,
 }
@@ -90,8 +106,14 @@ struct Shared<D> {
 impl<D: AsyncWrite> Shared<D> {
     async fn write_down(&self, frame: &[u8]) -> std::io::Result<()> {
         let mut w = self.down_writer.lock().await;
+        if self.down_torn.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("a frame to the caller was cut short"));
+        }
+        self.down_torn.store(true, Ordering::Relaxed);
         w.write_all(frame).await?;
-        w.flush().await
+        w.flush().await?;
+        self.down_torn.store(false, Ordering::Relaxed);
+        Ok(())
     }
 
     fn pending_insert(&self, id: u32) {
@@ -125,10 +147,29 @@ where
     D: AsyncRead + AsyncWrite + Send + 'static,
     U: AsyncRead + AsyncWrite + Send + 'static,
 {
+    relay_connection_until(down, up, opts, rewriter, std::future::pending()).await
+}
+
+/// [`relay_connection`] that also ends when `stop` completes: every request
+/// still waiting for its answer is then answered with `UNAVAILABLE` and
+/// the reason `stop` returned, and both sides are closed.
+pub async fn relay_connection_until<D, U, S>(
+    down: D,
+    up: U,
+    opts: RelayOptions,
+    rewriter: Arc<dyn RequestRewriter>,
+    stop: S,
+) -> RelayOutcome
+where
+    D: AsyncRead + AsyncWrite + Send + 'static,
+    U: AsyncRead + AsyncWrite + Send + 'static,
+    S: std::future::Future<Output = String>,
+{
     let (down_r, down_w) = tokio::io::split(down);
-    let (up_r, up_w) = tokio::io::split(up);
+    let (up_r, mut up_w) = tokio::io::split(up);
     let shared = Arc::new(Shared {
         down_writer: Mutex::new(down_w),
+        down_torn: AtomicBool::new(false),
         pending: Arc::new(StdMutex::new(HashSet::new())),
         opts,
     });
@@ -139,13 +180,21 @@ where
         .fetch_add(1, Ordering::Relaxed);
 
     let end = tokio::select! {
-        e = requests(down_r, up_w, &shared, rewriter.as_ref()) => e,
+        e = requests(down_r, &mut up_w, &shared, rewriter.as_ref()) => e,
         e = responses(up_r, &shared) => e,
+        why = stop => End::Stopped(why),
     };
 
     let outcome = match end {
         End::DownClosed => RelayOutcome::DownstreamClosed,
-        End::DownErr(e) => RelayOutcome::DownstreamError(e),
+        End::DownErr(e) => {
+            shared
+                .opts
+                .counters
+                .downstream_errors
+                .fetch_add(1, Ordering::Relaxed);
+            RelayOutcome::DownstreamError(e)
+        }
         End::UpClosed => RelayOutcome::UpstreamClosed {
             failed_requests: fail_pending(&shared, "the pod VM closed the connection").await,
         },
@@ -156,8 +205,18 @@ where
                 error,
             }
         }
+        End::Stopped(why) => RelayOutcome::Stopped {
+            failed_requests: fail_pending(&shared, &why).await,
+        },
     };
-    let _ = shared.down_writer.lock().await.shutdown().await;
+    // Close both sides properly: a TLS side sends close_notify, so its peer
+    // sees a clean end rather than a truncated stream. Bounded: a peer that
+    // reads nothing must not hold the relay.
+    let _ = tokio::time::timeout(SHUTDOWN_WAIT, async {
+        shared.down_writer.lock().await.shutdown().await
+    })
+    .await;
+    let _ = tokio::time::timeout(SHUTDOWN_WAIT, up_w.shutdown()).await;
     shared
         .opts
         .counters
@@ -273,7 +332,7 @@ fn oversized_answer(what: &str, h: &FrameHeader, max: u32) -> Vec<u8> {
 /// Downstream → upstream: requests (and stream data) from the caller.
 async fn requests<D, U>(
     down_r: ReadHalf<D>,
-    mut up_w: WriteHalf<U>,
+    up_w: &mut WriteHalf<U>,
     shared: &Shared<D>,
     rewriter: &dyn RequestRewriter,
 ) -> End

@@ -7,7 +7,6 @@
 mod common;
 
 use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
-use base64::Engine as _;
 use cloud_api_adaptor::client::{shim_annotations, Hypervisor};
 use cloud_api_adaptor::{AdaptorConfig, Daemon};
 use common::{net, Moto};
@@ -46,7 +45,7 @@ fn gone(state: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startvm_creates_the_instance_with_our_user_data_and_cleans_up() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = Moto::start();
     let sdk = moto.sdk().await;
     let client = aws_sdk_ec2::Client::new(&sdk);
     let n = net(&client).await;
@@ -93,9 +92,7 @@ async fn startvm_creates_the_instance_with_our_user_data_and_cleans_up() {
         .send()
         .await
         .unwrap();
-    let ud = base64::engine::general_purpose::STANDARD
-        .decode(ud.user_data().and_then(|v| v.value()).unwrap())
-        .unwrap();
+    let ud = common::vm_reads(ud.user_data().and_then(|v| v.value()).unwrap());
     let doc = peerpod_vmconfig::userdata::UserData::parse(&ud).expect("our cloud-config");
     assert_eq!(doc.forwarder.sandbox_id, "sbaws1");
     assert!(doc.forwarder.tls.is_some(), "the VM got its TLS material");

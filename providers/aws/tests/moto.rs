@@ -3,7 +3,6 @@
 //! it, even when the test fails. The SDK is the real one, over HTTP.
 
 use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
-use base64::Engine as _;
 use peerpod_provider_api::{ErrorKind, InstanceRequest, OwnerTags, Provider};
 use peerpod_provider_aws::{AwsProvider, RawAwsConfig};
 use std::collections::BTreeMap;
@@ -43,7 +42,7 @@ fn raw(n: &Net) -> RawAwsConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_shows_in_ec2_delete_terminates_list_is_ours_only() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = Moto::start();
     let sdk = moto.sdk().await;
     let client = aws_sdk_ec2::Client::new(&sdk);
     let n = net(&client).await;
@@ -96,10 +95,7 @@ async fn create_shows_in_ec2_delete_terminates_list_is_ours_only() {
         .user_data()
         .and_then(|v| v.value())
         .expect("user data set");
-    let ud = base64::engine::general_purpose::STANDARD
-        .decode(ud)
-        .unwrap();
-    assert_eq!(ud, req.user_data);
+    assert_eq!(common::vm_reads(ud), req.user_data);
 
     // A foreign instance (another node's) is never listed as ours.
     client
@@ -160,7 +156,7 @@ async fn create_shows_in_ec2_delete_terminates_list_is_ours_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloud_errors_keep_their_code_and_message() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = Moto::start();
     let sdk = moto.sdk().await;
     let client = aws_sdk_ec2::Client::new(&sdk);
     let n = net(&client).await;
@@ -181,10 +177,13 @@ async fn cloud_errors_keep_their_code_and_message() {
     req.machine_type = Some("p5.48xlarge".into());
     let e = p.create_instance(req).await.unwrap_err();
     assert!(e.message.contains("not allowed"), "{e}");
+    let f = common::userdata_fixture::fixture("aws");
+    let limit = common::userdata_fixture::number(&f, "/write/max_raw_bytes") as usize;
+    assert_eq!(peerpod_provider_aws::config::MAX_USER_DATA_BYTES, limit);
     let mut req = request("sb4");
-    req.user_data = vec![b'x'; 17 * 1024];
+    req.user_data = vec![b'x'; limit + 1];
     let e = p.create_instance(req).await.unwrap_err();
-    assert!(e.message.contains("16384"), "{e}");
+    assert!(e.message.contains(&limit.to_string()), "{e}");
     let node_a = OwnerTags {
         cluster: String::new(),
         node: "node-a".into(),
@@ -213,7 +212,7 @@ async fn type_of(client: &aws_sdk_ec2::Client, id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_capacity_falls_back_to_the_next_type_that_fits_and_sev_snp_is_asked() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = Moto::start();
     let client = aws_sdk_ec2::Client::new(&moto.sdk().await);
     let n = net(&client).await;
     // c6a.xlarge (4 vCPUs, 8 GiB) is the smallest fit for 3 vCPUs; the zone
@@ -278,7 +277,7 @@ async fn no_capacity_falls_back_to_the_next_type_that_fits_and_sev_snp_is_asked(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_image_is_ec2s_invalid_ami_error() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = Moto::start();
     let sdk = moto.sdk().await;
     let client = aws_sdk_ec2::Client::new(&sdk);
     let n = net(&client).await;

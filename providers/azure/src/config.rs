@@ -11,9 +11,11 @@ use std::path::PathBuf;
 
 /// Default VM size (the Go adaptor's): 2 vCPUs, AMD SEV-SNP.
 pub const DEFAULT_INSTANCE_SIZE: &str = "Standard_DC2as_v5";
-/// Largest custom data Azure accepts: "the maximum length of the binary
-/// array is 65535 bytes" (raw, before base64).
-pub const MAX_CUSTOM_DATA_BYTES: usize = 65535;
+/// Largest user data Azure accepts: "the contents should be base64
+/// encoded before passed to the API. The size can't exceed 64 KB" (Azure's
+/// user data page). Checked on the base64 text, the stricter reading, so
+/// a create is never refused by ARM for it: at most 49152 raw bytes.
+pub const MAX_USER_DATA_BASE64_BYTES: usize = 64 * 1024;
 /// The public cloud's Resource Manager endpoint.
 pub const PUBLIC_ARM_ENDPOINT: &str = "https://management.azure.com";
 

@@ -2,7 +2,9 @@
 //! (`PUT networkInterfaces`), then the VM (`PUT virtualMachines`) as a
 //! confidential VM (`securityType: ConfidentialVM`, OS disk
 //! `securityEncryptionType: VMGuestStateOnly`, vTPM) unless `DISABLECVM`,
-//! with the user data as `customData`, owner tags and `TAGS`; each PUT is
+//! with the user data as `userData` (base64; the VM reads it from IMDS
+//! `compute/userData`, which never serves `osProfile.customData`), owner
+//! tags and `TAGS`; each PUT is
 //! sent once and followed through `Azure-AsyncOperation`; then the NIC's
 //! private IP is read. A create that fails half-way deletes what it made.
 //! Delete removes the VM, its NICs and its OS disk (not found = done).
@@ -21,7 +23,7 @@
 //! `vmSizes` list for the region, asked once and cached.
 
 use crate::arm::{ArmClient, ArmTiming};
-use crate::config::{AzureConfig, MAX_CUSTOM_DATA_BYTES};
+use crate::config::{AzureConfig, MAX_USER_DATA_BASE64_BYTES};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use base64::Engine as _;
@@ -240,7 +242,7 @@ impl AzureProvider {
         image: &str,
         nic_id: &str,
         tags: &BTreeMap<String, String>,
-        custom_data: &str,
+        user_data_b64: &str,
     ) -> Value {
         let mut managed_disk = json!({ "storageAccountType": "Premium_LRS" });
         if !self.cfg.disable_cvm {
@@ -267,7 +269,6 @@ impl AzureProvider {
             "osProfile": {
                 "computerName": name,
                 "adminUsername": user,
-                "customData": custom_data,
                 "linuxConfiguration": {
                     "disablePasswordAuthentication": true,
                     "ssh": { "publicKeys": [{
@@ -283,6 +284,7 @@ impl AzureProvider {
                 }],
             },
             "diagnosticsProfile": { "bootDiagnostics": { "enabled": true } },
+            "userData": user_data_b64,
         });
         if !self.cfg.disable_cvm {
             props["securityProfile"] = json!({
@@ -392,10 +394,10 @@ impl AzureProvider {
             self.cleanup(name).await;
             return Err(e);
         }
-        let custom_data = base64::engine::general_purpose::STANDARD.encode(&req.user_data);
+        let user_data = base64::engine::general_purpose::STANDARD.encode(&req.user_data);
         let vm_url = self.arm.url(&self.vm_path(name), COMPUTE_API);
         let (image_ref, nic_ref, tags_ref, data_ref, vm_ref) =
-            (&image, &nic_id, &tags, &custom_data, &vm_url);
+            (&image, &nic_id, &tags, &user_data, &vm_url);
         let created = create_with_capacity_fallback(
             sizes,
             "VM sizes",
@@ -474,11 +476,13 @@ impl Provider for AzureProvider {
     }
 
     async fn create_instance(&self, req: InstanceRequest) -> Result<Instance, ProviderError> {
-        if req.user_data.len() > MAX_CUSTOM_DATA_BYTES {
+        let encoded = req.user_data.len().div_ceil(3) * 4;
+        if encoded > MAX_USER_DATA_BASE64_BYTES {
             return Err(ProviderError::new(
                 ErrorKind::InvalidRequest,
                 format!(
-                    "user data is {} bytes; Azure custom data takes at most {MAX_CUSTOM_DATA_BYTES} \
+                    "user data is {} bytes ({encoded} in base64); Azure user data takes at most \
+                     {MAX_USER_DATA_BASE64_BYTES} bytes of base64 \
                      (large initdata or registry credentials?)",
                     req.user_data.len()
                 ),

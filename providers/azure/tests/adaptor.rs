@@ -1,12 +1,12 @@
 //! The adaptor (in-process `Daemon`) with the Azure provider against the
 //! local ARM stand-in: CreateVM/StartVM create the NIC and the VM with the
-//! adaptor's cloud-config as `customData` (no VM boots behind the stand-in,
-//! so StartVM then gives up), StopVM deletes VM, NIC and disk, and Azure's
+//! adaptor's cloud-config as `userData` (what the VM's IMDS would serve is
+//! checked through the shared fixture; no VM boots behind the stand-in, so
+//! StartVM then gives up), StopVM deletes VM, NIC and disk, and Azure's
 //! error code and message reach the shim with the phase named.
 
 mod common;
 
-use base64::Engine as _;
 use cloud_api_adaptor::client::{shim_annotations, Hypervisor};
 use cloud_api_adaptor::{AdaptorConfig, Daemon};
 use common::{image_id, subnet_id, FakeArm, Fault, RG, SUB, TOKEN};
@@ -79,13 +79,17 @@ async fn startvm_creates_the_vm_with_our_cloud_config_and_stopvm_deletes_it_all(
         body.pointer("/properties/securityProfile/securityType"),
         Some(&Value::from("ConfidentialVM"))
     );
-    let cd = body
-        .pointer("/properties/osProfile/customData")
-        .and_then(Value::as_str)
+    // What the VM would read from IMDS (the shared fixture says where).
+    let f = common::userdata_fixture::fixture("azure");
+    let served = arm
+        .imds_user_data("podvm-web-sbaz1")
+        .expect("the VM PUT carries user data where ARM takes it for IMDS")
         .unwrap();
-    let ud = base64::engine::general_purpose::STANDARD
-        .decode(cd)
-        .unwrap();
+    let ud = common::userdata_fixture::decode(
+        common::userdata_fixture::text(&f, "/read/body_encoding"),
+        &served,
+    )
+    .unwrap();
     let doc = peerpod_vmconfig::userdata::UserData::parse(&ud).expect("our cloud-config");
     assert_eq!(doc.forwarder.sandbox_id, "sbaz1");
     assert!(doc.forwarder.tls.is_some(), "the VM got its TLS material");

@@ -1,13 +1,12 @@
 //! The Azure provider against the local ARM stand-in (tests/common): what
-//! it really sends for a create (confidential settings, custom data, tags,
+//! it really sends for a create (confidential settings, user data, tags,
 //! size, NIC in the subnet, each PUT once), delete of VM + NIC + disk,
 //! listing by owner tags across pages, size fallback on capacity errors,
 //! and Azure's error codes and messages kept.
 
 mod common;
 
-use base64::Engine as _;
-use common::{image_id, subnet_id, FakeArm, Fault, RG, SUB, TOKEN};
+use common::{image_id, subnet_id, userdata_fixture, FakeArm, Fault, RG, SUB, TOKEN};
 use peerpod_provider_api::{ErrorKind, InstanceRequest, OwnerTags, Provider};
 use peerpod_provider_azure::{ArmTiming, AzureProvider, RawAzureConfig, StaticToken};
 use serde_json::{json, Value};
@@ -110,7 +109,7 @@ async fn create_sends_one_confidential_vm_with_our_user_data_tags_and_size() {
     );
     assert_eq!(nb["tags"]["peerpod-sandbox"], "12345678abcd");
 
-    // The VM: once, confidential, our custom data, tags, size from annotations.
+    // The VM: once, confidential, our user data, tags, size from annotations.
     let vm = arm.sent("PUT", "/virtualMachines/");
     assert_eq!(
         vm.len(),
@@ -160,15 +159,21 @@ async fn create_sends_one_confidential_vm_with_our_user_data_tags_and_size() {
             .and_then(Value::as_str),
         Some(&*FakeArm::nic_path("podvm-web-12345678"))
     );
-    let cd = b
-        .pointer("/properties/osProfile/customData")
-        .and_then(Value::as_str)
+    // What the VM reads from IMDS (test-fixtures/cloud-userdata/azure.json,
+    // shared with the forwarder's IMDS stand-in) is our user data.
+    let f = userdata_fixture::fixture("azure");
+    let served = arm
+        .imds_user_data("podvm-web-12345678")
+        .expect("the VM PUT carries user data where ARM takes it for IMDS")
         .unwrap();
     assert_eq!(
-        base64::engine::general_purpose::STANDARD
-            .decode(cd)
+        userdata_fixture::decode(userdata_fixture::text(&f, "/read/body_encoding"), &served)
             .unwrap(),
         user_data
+    );
+    assert!(
+        b.pointer("/properties/osProfile/customData").is_none(),
+        "customData never reaches IMDS: {b}"
     );
     for (k, v) in [
         ("peerpod-node", "node-a"),
@@ -209,15 +214,28 @@ async fn disablecvm_sends_a_plain_vm() {
 }
 
 #[tokio::test]
-async fn user_data_over_the_custom_data_limit_is_refused_before_any_call() {
+async fn user_data_over_the_limit_is_refused_before_any_call() {
+    let f = userdata_fixture::fixture("azure");
+    let limit = userdata_fixture::number(&f, "/write/max_encoded_bytes") as usize;
+    assert_eq!(
+        peerpod_provider_azure::config::MAX_USER_DATA_BASE64_BYTES,
+        limit
+    );
     let arm = FakeArm::start().await;
     let p = provider(&arm, |_| {});
+    // 49153 raw bytes are 65540 in base64: one group over.
     let mut req = request("podvm-big-1", "n", "s1");
-    req.user_data = vec![b'x'; 65536];
+    req.user_data = vec![b'x'; limit / 4 * 3 + 1];
     let e = p.create_instance(req).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidRequest);
-    assert!(e.message.contains("65535"), "{e}");
+    assert!(e.message.contains(&limit.to_string()), "{e}");
     assert!(arm.requests().is_empty());
+    // Exactly the limit goes through.
+    let mut req = request("podvm-big-2", "n", "s2");
+    req.user_data = vec![b'x'; limit / 4 * 3];
+    p.create_instance(req).await.unwrap();
+    let served = arm.imds_user_data("podvm-big-2").unwrap().unwrap();
+    assert_eq!(served.len(), limit);
 }
 
 #[tokio::test]

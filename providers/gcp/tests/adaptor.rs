@@ -39,14 +39,8 @@ async fn startvm_inserts_our_user_data_and_failure_deletes_the_instance() {
     assert_eq!(inserts.len(), 1);
     let body = &inserts[0].body;
     assert_eq!(body["name"], "podvm-web-sbgcp1");
-    let ud = body["metadata"]["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["key"] == "user-data")
-        .and_then(|i| i["value"].as_str())
-        .expect("user-data metadata");
-    let doc = peerpod_vmconfig::userdata::UserData::parse(ud.as_bytes()).expect("our cloud-config");
+    let ud = common::vm_reads(body).expect("user data where the instance reads it");
+    let doc = peerpod_vmconfig::userdata::UserData::parse(&ud).expect("our cloud-config");
     assert_eq!(doc.forwarder.sandbox_id, "sbgcp1");
     assert!(doc.forwarder.tls.is_some(), "the VM got its TLS material");
     assert!(

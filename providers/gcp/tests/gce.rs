@@ -26,15 +26,6 @@ fn request(node: &str, sandbox: &str) -> InstanceRequest {
     }
 }
 
-fn metadata(body: &serde_json::Value, key: &str) -> Option<String> {
-    body["metadata"]["items"]
-        .as_array()?
-        .iter()
-        .find(|i| i["key"] == key)
-        .and_then(|i| i["value"].as_str())
-        .map(String::from)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_sends_a_confidential_instance_list_pages_delete_is_idempotent() {
     let gce = GceServer::start().await;
@@ -84,8 +75,9 @@ async fn create_sends_a_confidential_instance_list_pages_delete_is_idempotent() 
     assert_eq!(body["scheduling"]["onHostMaintenance"], "TERMINATE");
     assert_eq!(body["minCpuPlatform"], "AMD Milan");
     assert_eq!(
-        metadata(body, "user-data").as_deref(),
-        Some("#cloud-config\nwrite_files: []\n")
+        common::vm_reads(body).as_deref(),
+        Some(&b"#cloud-config\nwrite_files: []\n"[..]),
+        "what the instance reads from its metadata server"
     );
     assert_eq!(body["labels"]["peerpod-node"], "node-1_example");
     assert_eq!(

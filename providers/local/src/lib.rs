@@ -416,23 +416,41 @@ impl LocalProvider {
         };
 
         // Processes: the recorded ones (pid + start time checked) and
-        // anything else inside the namespace (started but not recorded
-        // before a crash, or children of ours).
+        // anything else inside the instance's namespace (started but not
+        // recorded before a crash, or children of ours) or inside the pod
+        // namespace its forwarder built — where the agent runs the
+        // containers' processes. Those outlive the agent (a VM would take
+        // them down with it), may ignore SIGTERM (a container's PID 1
+        // without a handler), and would keep the pod namespace and its
+        // VXLAN device alive after the namespace is unmounted.
         let mut targets: Vec<process::Target> = m
             .processes
             .iter()
             .filter_map(process::Target::recorded)
             .collect();
-        if made.netns {
-            if let Some(ns) = netns::identity(&m.netns) {
-                for t in process::in_netns(ns) {
-                    if !targets.iter().any(|o| o.pid == t.pid) {
-                        targets.push(t);
+        let namespaces = if made.netns {
+            vec![m.netns.clone(), pod_netns_name(&m.netns)]
+        } else {
+            Vec::new()
+        };
+        let mut left = Vec::new();
+        // A second round catches what the agent started while the first
+        // round was stopping it.
+        for _round in 0..2 {
+            for ns in &namespaces {
+                if let Some(id) = netns::identity(ns) {
+                    for t in process::in_netns(id) {
+                        if !targets.iter().any(|o| o.pid == t.pid) {
+                            targets.push(t);
+                        }
                     }
                 }
             }
+            if targets.is_empty() {
+                break;
+            }
+            left = process::stop_all(std::mem::take(&mut targets), STOP_GRACE).await;
         }
-        let left = process::stop_all(targets, STOP_GRACE).await;
         note(if left.is_empty() {
             Ok(())
         } else {

@@ -306,10 +306,10 @@ mod tests {
             log: dir.path().join(format!("{what}.log")),
             cwd: dir.path().to_path_buf(),
         };
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: setns needs CAP_SYS_ADMIN");
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "setns needs CAP_SYS_ADMIN: run the tests as root"
+        );
         /// Kills what the test started, should it fail half-way.
         struct Guard(Vec<ProcRef>);
         impl Drop for Guard {

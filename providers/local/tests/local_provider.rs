@@ -1,7 +1,7 @@
 //! The local provider against the real kernel: namespaces, veth, bridge
 //! and processes are created, checked with `ip`, `ping` and /proc, and
-//! must all be gone after delete. Needs root (CI has it); without root
-//! each test says why it is skipped.
+//! must all be gone after delete. Needs root: without it every test
+//! fails saying so.
 //!
 //! Every test has its own state dir, bridge (`pplt<hex>`) and subnet
 //! (10.214.<random>.0/24), so tests run in parallel — also with another
@@ -20,12 +20,12 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED: the local provider needs root (network namespaces, links)");
-    false
+/// Fails the test unless it runs as root (never a silent skip).
+fn need_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the local provider needs root (network namespaces, links): run the tests as root"
+    );
 }
 
 /// Runs a shell command; its stdout and stderr.
@@ -332,9 +332,7 @@ fn assert_gone(w: &World, id: &str, procs: &[(u32, u64)]) {
 
 #[tokio::test]
 async fn create_runs_both_processes_in_their_namespace_and_delete_leaves_nothing() {
-    if !root() {
-        return;
-    }
+    need_root();
     let w = World::new();
     let p = w.provider();
     let inst = p.create_instance(request("node-a", "sb1")).await.unwrap();
@@ -489,9 +487,7 @@ async fn create_runs_both_processes_in_their_namespace_and_delete_leaves_nothing
 
 #[tokio::test]
 async fn list_by_owner_and_delete_after_a_restart() {
-    if !root() {
-        return;
-    }
+    need_root();
     let w = World::new();
     let p = w.provider();
     let a = p.create_instance(request("node-a", "sbA")).await.unwrap();
@@ -565,9 +561,7 @@ async fn list_by_owner_and_delete_after_a_restart() {
 
 #[tokio::test]
 async fn concurrent_creates_get_distinct_addresses() {
-    if !root() {
-        return;
-    }
+    need_root();
     let w = World::new();
     let p = Arc::new(w.provider());
     let tasks: Vec<_> = (0..4)
@@ -607,9 +601,7 @@ async fn concurrent_creates_get_distinct_addresses() {
 
 #[tokio::test]
 async fn a_forwarder_that_cannot_start_leaves_nothing_behind() {
-    if !root() {
-        return;
-    }
+    need_root();
     let w = World::new();
     // Exists and is executable, but exec fails (no such interpreter):
     // fails after namespace, veth and agent were made.
@@ -637,9 +629,7 @@ async fn a_forwarder_that_cannot_start_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn a_bridge_name_taken_by_another_link_fails_cleanly_and_spares_that_link() {
-    if !root() {
-        return;
-    }
+    need_root();
     let w = World::new();
     w.foreign_link(&w.bridge);
     let p = w.provider();
@@ -707,9 +697,7 @@ fn write_meta(w: &World, m: &Meta) {
 
 #[tokio::test]
 async fn a_full_subnet_is_insufficient_capacity() {
-    if !root() {
-        return;
-    }
+    need_root();
     let w = World::new();
     for last in 2..=254u8 {
         write_meta(&w, &fake_meta(&w, &w.fake_id(last), last));
@@ -742,9 +730,7 @@ async fn a_full_subnet_is_insufficient_capacity() {
 
 #[tokio::test]
 async fn delete_after_a_crash_mid_create_removes_unrecorded_processes_too() {
-    if !root() {
-        return;
-    }
+    need_root();
     let w = World::new();
     // What a create that crashed after starting the agent (but before
     // recording it) leaves: a record without pids, the namespace, the veth
@@ -779,9 +765,7 @@ async fn delete_after_a_crash_mid_create_removes_unrecorded_processes_too() {
 
 #[tokio::test]
 async fn verify_rejects_a_subnet_in_use_elsewhere() {
-    if !root() {
-        return;
-    }
+    need_root();
     let w = World::new();
     let p = w.provider();
     let lines = p.verify().await.unwrap();
@@ -826,9 +810,7 @@ async fn crashing_adaptor() {
 
 #[tokio::test]
 async fn processes_of_a_killed_adaptor_are_stopped_by_the_next_one() {
-    if !root() {
-        return;
-    }
+    need_root();
     let w = World::new();
     let c = w.config();
     let id_file = w.dir.path().join("helper-id");

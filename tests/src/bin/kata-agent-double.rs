@@ -4,6 +4,7 @@
 //! agent's `--config FILE` too, so one systemd unit starts either (the
 //! double only checks that the file is readable: its socket comes from the
 //! environment, which the real agent also applies over its config file).
+//! Like the real agent it exits after answering `DestroySandbox`.
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -62,6 +63,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = double.destroyed() => {
+            tracing::info!("sandbox destroyed; exiting as the kata-agent does");
+        }
     }
     double.stop().await;
     Ok(())

@@ -13,7 +13,7 @@ use cloud_api_adaptor::client::{agent_health, shim_annotations, Hypervisor};
 use peerpod_protocols::health::CheckRequest;
 use peerpod_protocols::health_ttrpc::HealthClient;
 use peerpod_provider_api::{Instance, InstanceRequest, OwnerTags, Provider, ProviderError};
-use peerpod_tests::agent_double::{AgentDouble, Recorder};
+use peerpod_tests::agent_double::{AgentDouble, Recorder, TEST_ECHO_SERVICE};
 use peerpod_tests::harness::{read_response, request_frame, TestDaemon};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -110,7 +110,7 @@ async fn latency(d: &TestDaemon, calls: usize) -> anyhow::Result<()> {
 async fn echo_mib(socket: &Path, calls: usize) -> anyhow::Result<usize> {
     let payload = vec![0x5au8; 1 << 20];
     let mut s = tokio::net::UnixStream::connect(socket).await?;
-    let frame = request_frame(1, "grpc.AgentService", "Echo", &payload);
+    let frame = request_frame(1, TEST_ECHO_SERVICE, "Echo", &payload);
     let mut moved = 0;
     for i in 0..calls {
         let mut f = frame.clone();

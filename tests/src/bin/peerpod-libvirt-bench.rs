@@ -80,7 +80,9 @@ fn secs(d: Duration) -> String {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     peerpod_tests::harness::init_logging();
-    let env = LibvirtEnv::new().context("libvirt is not usable here (see the line above)")?;
+    let env = LibvirtEnv::new()
+        .map_err(anyhow::Error::msg)
+        .context("libvirt is not usable here")?;
     let mut lc = env.config();
     let chosen = peerpod_provider_libvirt::RawLibvirtConfig {
         domain_type: Some(args.domain_type.clone()),

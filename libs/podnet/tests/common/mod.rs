@@ -34,17 +34,12 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Skips (with the reason) unless root; in CI a missing facility fails.
-pub fn need_root() -> bool {
-    if is_root() {
-        return true;
-    }
+/// Fails the test unless it runs as root (never a silent skip).
+pub fn need_root() {
     assert!(
-        std::env::var("CI").is_err(),
-        "CI must run the namespace tests as root"
+        is_root(),
+        "needs root (network namespaces, veth, VXLAN): run the tests as root"
     );
-    eprintln!("SKIPPED: needs root (network namespaces, veth, VXLAN)");
-    false
 }
 
 /// Named namespaces removed on drop, plus VM pod namespaces made by the

@@ -5,6 +5,25 @@
 
 #![allow(dead_code)]
 
+#[path = "../../../../test-fixtures/cloud-userdata/fixture.rs"]
+pub mod userdata_fixture;
+
+/// What the instance reads from IMDS (`/latest/user-data`, decoded) given
+/// the user data EC2 holds for it (DescribeInstanceAttribute, as
+/// RunInstances got it): the shared fixture
+/// test-fixtures/cloud-userdata/aws.json says how each side is encoded,
+/// the forwarder's IMDS stand-in reads the same file.
+pub fn vm_reads(written: &str) -> Vec<u8> {
+    let f = userdata_fixture::fixture("aws");
+    let served = userdata_fixture::served(&f, written.as_bytes()).unwrap_or_else(|e| {
+        panic!(
+            "EC2 holds user data that is not {}: {e}",
+            userdata_fixture::text(&f, "/write/encoding")
+        )
+    });
+    userdata_fixture::decode(userdata_fixture::text(&f, "/read/body_encoding"), &served).unwrap()
+}
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -22,9 +41,9 @@ impl Drop for Moto {
 }
 
 impl Moto {
-    /// Starts moto, or returns None (with the reason printed) where it is
-    /// not installed — except in CI, where that is a failure.
-    pub fn start() -> Option<Moto> {
+    /// Starts moto; fails the test where it is not installed
+    /// (scripts/setup.sh installs it).
+    pub fn start() -> Moto {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -40,24 +59,16 @@ impl Moto {
                 .spawn()
         };
         let child = spawn("moto_server", &[]).or_else(|_| spawn("python3", &["-m", "moto.server"]));
-        let child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                assert!(
-                    std::env::var("CI").is_err(),
-                    "CI must have moto (scripts/setup.sh installs it): {e}"
-                );
-                eprintln!("SKIPPED: moto_server not installed (pip install 'moto[server]'): {e}");
-                return None;
-            }
-        };
+        let child = child.unwrap_or_else(|e| {
+            panic!("moto_server is not installed (scripts/setup.sh installs moto[server]): {e}")
+        });
         let mut m = Moto {
             child,
             url: format!("http://127.0.0.1:{port}"),
         };
         for _ in 0..150 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(m);
+                return m;
             }
             if let Ok(Some(status)) = m.child.try_wait() {
                 panic!("moto_server exited at start: {status}");

@@ -7,10 +7,15 @@
 //! endpoint. Bodies follow the documented ARM JSON. Every request is
 //! recorded so tests assert on what the client really sent; faults
 //! (capacity, quota, permission, throttling) are switched on per test.
+//! What a VM would read from IMDS as its user data follows from the VM
+//! PUT by the shared fixture `test-fixtures/cloud-userdata/azure.json`
+//! (the forwarder's IMDS stand-in reads the same file).
 
 #![allow(dead_code)]
 
 pub mod token;
+#[path = "../../../../test-fixtures/cloud-userdata/fixture.rs"]
+pub mod userdata_fixture;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -87,6 +92,9 @@ pub struct State {
     /// VMs per list page.
     pub page_size: usize,
     pub sizes: Vec<(String, u64, u64)>,
+    /// Per VM (lower-cased path): the user data as the VM PUT carried it
+    /// where the fixture says ARM takes it (ARM does not return it on GET).
+    pub vm_user_data: HashMap<String, String>,
 }
 
 /// The server; it stops when dropped.
@@ -216,6 +224,14 @@ impl FakeArm {
             "{}/providers/Microsoft.Compute/disks/{name}-osdisk",
             Self::rg_path()
         )
+    }
+
+    /// What the VM `name`'s IMDS would serve at the fixture's `read.path`
+    /// (None: the VM PUT carried no user data where ARM takes it).
+    pub fn imds_user_data(&self, name: &str) -> Option<Result<Vec<u8>, String>> {
+        let f = userdata_fixture::fixture("azure");
+        let written = self.with(|s| s.vm_user_data.get(&key(&Self::vm_path(name))).cloned())?;
+        Some(userdata_fixture::served(&f, written.as_bytes()))
     }
 
     /// Puts a VM into the store directly (one someone else created).
@@ -496,6 +512,17 @@ async fn handle(
                 // ARM never returns customData.
                 if let Some(m) = o.as_object_mut() {
                     m.remove("customData");
+                }
+            }
+            // User data: kept aside where the fixture says ARM takes it
+            // (returned only with $expand=userData, which we do not use).
+            let f = userdata_fixture::fixture("azure");
+            let pointer = userdata_fixture::text(&f, "/write/json_pointer");
+            if let Some(ud) = v.pointer(pointer).and_then(Value::as_str).map(String::from) {
+                st.vm_user_data.insert(lower.clone(), ud);
+                let (parent, field) = pointer.rsplit_once('/').unwrap_or(("", pointer));
+                if let Some(m) = v.pointer_mut(parent).and_then(Value::as_object_mut) {
+                    m.remove(field);
                 }
             }
             st.resources.insert(lower.clone(), v.clone());

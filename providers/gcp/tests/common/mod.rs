@@ -9,6 +9,26 @@
 
 #![allow(dead_code)]
 
+#[path = "../../../../test-fixtures/cloud-userdata/fixture.rs"]
+pub mod userdata_fixture;
+
+/// What the instance inserted with `body` reads from its metadata server
+/// (`/computeMetadata/v1/instance/attributes/user-data`): the item of the
+/// metadata key the shared fixture test-fixtures/cloud-userdata/gcp.json
+/// names, served and decoded as it says (the forwarder's metadata
+/// stand-in reads the same file). None: no such item.
+pub fn vm_reads(body: &Value) -> Option<Vec<u8>> {
+    let f = userdata_fixture::fixture("gcp");
+    let key = userdata_fixture::text(&f, "/write/metadata_key");
+    let written = body["metadata"]["items"]
+        .as_array()?
+        .iter()
+        .find(|i| i["key"] == key)
+        .and_then(|i| i["value"].as_str())?;
+    let served = userdata_fixture::served(&f, written.as_bytes()).ok()?;
+    userdata_fixture::decode(userdata_fixture::text(&f, "/read/body_encoding"), &served).ok()
+}
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
