@@ -184,6 +184,22 @@ mod tests {
     /// The same file the API stand-in of tests/ serves.
     const MWC: &str = include_str!("../testdata/mutatingwebhookconfiguration.json");
 
+    /// The Status bodies the API stand-in of tests/ answers errors with
+    /// parse as the kube client parses them, with the codes our retry and
+    /// create-race logic keys on.
+    #[test]
+    fn status_fixtures_carry_the_codes_we_branch_on() {
+        for (file, code) in [
+            (include_str!("../testdata/status-notfound.json"), 404),
+            (include_str!("../testdata/status-alreadyexists.json"), 409),
+            (include_str!("../testdata/status-forbidden.json"), 403),
+            (include_str!("../testdata/status-invalid.json"), 422),
+        ] {
+            let s: kube::core::Status = serde_json::from_str(file).unwrap();
+            assert_eq!(s.code, code);
+        }
+    }
+
     #[test]
     fn ops_cover_each_webhook_not_yet_current() {
         let mut config: MutatingWebhookConfiguration = serde_json::from_str(MWC).unwrap();
