@@ -61,7 +61,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             id = watch::wait_for(&config.kubelet_socket, config.watch_interval) => id,
             _ = &mut shutdown => return Ok(()),
         };
-        let server = service::serve(&socket, VmDevicePlugin::new(count))?;
+        let mut server = service::serve(&socket, VmDevicePlugin::new(count))?;
         let ours = watch::identity(&socket);
         tracing::debug!(socket = %socket.display(), "device plugin serving");
         let registered = tokio::select! {
@@ -95,10 +95,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             endpoint = %socket.display(),
             "registered with the kubelet as a device plugin"
         );
-        // Serve until the kubelet restarts (its socket changes) or deletes
-        // ours, then start over.
+        // Serve until the kubelet restarts (its socket changes), deletes
+        // ours, or lets go of our device list, then start over.
         let why = tokio::select! {
             why = watch::until_changed(&config.kubelet_socket, kubelet, &socket, ours, config.watch_interval) => why,
+            Some(()) = server.dropped.recv() => {
+                // Give a restarting kubelet a moment; never spin.
+                tokio::time::sleep(config.watch_interval).await;
+                "the kubelet closed its ListAndWatch stream"
+            }
             _ = &mut shutdown => {
                 server.stop().await;
                 remove_socket(&socket);
@@ -107,7 +112,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         };
         tracing::info!(
             reason = why,
-            "kubelet restarted: serving and registering again"
+            "serving and registering with the kubelet again"
         );
         server.stop().await;
         // Only remove the socket if it is still the one we created: the

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
 
 /// The kubelet's word for a usable device.
@@ -36,6 +36,27 @@ pub struct VmDevicePlugin {
     /// streams (a graceful stop waits for every open call).
     stopping: watch::Receiver<bool>,
     stop_tx: std::sync::Arc<watch::Sender<bool>>,
+    /// Told when the kubelet drops a ListAndWatch stream while we serve.
+    dropped: Option<mpsc::UnboundedSender<()>>,
+}
+
+/// Lives inside a ListAndWatch stream: when the stream is dropped while the
+/// server is not stopping, the kubelet has let go of us (it restarted, or
+/// it replaced our registration with another); [`crate::run`] then
+/// registers again.
+struct DropNotice {
+    stopping: watch::Receiver<bool>,
+    dropped: Option<mpsc::UnboundedSender<()>>,
+}
+
+impl Drop for DropNotice {
+    fn drop(&mut self) {
+        if !*self.stopping.borrow() {
+            if let Some(tx) = &self.dropped {
+                let _ = tx.send(());
+            }
+        }
+    }
 }
 
 impl VmDevicePlugin {
@@ -48,6 +69,7 @@ impl VmDevicePlugin {
             ids,
             stopping,
             stop_tx: std::sync::Arc::new(stop_tx),
+            dropped: None,
         }
     }
 
@@ -103,7 +125,12 @@ impl DevicePlugin for VmDevicePlugin {
             devices: self.devices(),
         };
         let mut stopping = self.stopping.clone();
+        let notice = DropNotice {
+            stopping: self.stopping.clone(),
+            dropped: self.dropped.clone(),
+        };
         let end = async move {
+            let _notice = notice;
             let _ = stopping.wait_for(|s| *s).await;
             None::<Result<ListAndWatchResponse, Status>>
         };
@@ -170,6 +197,8 @@ use futures::StreamExt;
 
 /// A running server on our socket.
 pub(crate) struct Serving {
+    /// A ListAndWatch stream was dropped by the kubelet.
+    pub(crate) dropped: mpsc::UnboundedReceiver<()>,
     stop: std::sync::Arc<watch::Sender<bool>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -195,7 +224,7 @@ impl Serving {
 }
 
 /// Binds `path` (a stale file there is removed first) and serves `plugin`.
-pub(crate) fn serve(path: &Path, plugin: VmDevicePlugin) -> Result<Serving, crate::Error> {
+pub(crate) fn serve(path: &Path, mut plugin: VmDevicePlugin) -> Result<Serving, crate::Error> {
     let err = |source| crate::Error::Socket {
         path: path.display().to_string(),
         source,
@@ -207,7 +236,9 @@ pub(crate) fn serve(path: &Path, plugin: VmDevicePlugin) -> Result<Serving, crat
     }
     let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
     let stop = plugin.stop_tx.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (tx, dropped) = mpsc::unbounded_channel();
+    plugin.dropped = Some(tx);
+    let (shutdown_tx, rx) = tokio::sync::oneshot::channel::<()>();
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let task = tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
@@ -221,8 +252,9 @@ pub(crate) fn serve(path: &Path, plugin: VmDevicePlugin) -> Result<Serving, crat
         }
     });
     Ok(Serving {
+        dropped,
         stop,
-        shutdown: Some(tx),
+        shutdown: Some(shutdown_tx),
         task,
     })
 }

@@ -325,3 +325,29 @@ async fn refused_registration_is_retried() {
     plugin.stop().await.unwrap();
     kubelet.stop().await;
 }
+
+#[tokio::test]
+async fn registers_again_when_the_kubelet_drops_its_watch() {
+    // A kubelet that lets go of the plugin's device list (its connection
+    // closed, or it disconnected the resource because an older plugin of
+    // the same name went away) must get a new registration, or the node
+    // keeps zero allocatable slots.
+    let dir = tempfile::tempdir().unwrap();
+    let (kubelet, mut seen) = FakeKubelet::start(&dir.path().join("kubelet.sock"));
+    let cfg = config(dir.path(), 2);
+    let sock = cfg.endpoint_path();
+    let plugin = Plugin::start(cfg);
+    assert_register(&next_register(&mut seen).await, "peerpod-vm.sock");
+    let mut c = client(&sock).await;
+    let mut stream = c.list_and_watch(Empty {}).await.unwrap().into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().devices.len(), 2);
+    assert!(seen.try_recv().is_err(), "no registration while watched");
+    drop(stream);
+    drop(c);
+    assert_register(&next_register(&mut seen).await, "peerpod-vm.sock");
+    let mut c = client(&sock).await;
+    let mut stream = c.list_and_watch(Empty {}).await.unwrap().into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().devices.len(), 2);
+    plugin.stop().await.unwrap();
+    kubelet.stop().await;
+}
