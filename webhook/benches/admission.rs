@@ -219,6 +219,25 @@ fn main() {
     rt.block_on(async move {
         println!("webhook admission bench: {rate} requests/s for {secs} s each, open loop, HTTPS keep-alive");
         println!("review body {} bytes (a 3-container + 1 init Deployment pod)", review(0).len());
+        // The review handler alone (parse, size, patch, encode), no I/O:
+        // the webhook's own CPU cost per review, whatever the machine load.
+        let cfg = MutationConfig::default();
+        let bodies: Vec<Vec<u8>> = (0..50).map(review).collect();
+        let mut own: Vec<Duration> = (0..(rate * secs) as usize)
+            .map(|i| {
+                let t = Instant::now();
+                let out = peerpods_webhook::review::answer(&bodies[i % bodies.len()], &cfg).unwrap();
+                std::hint::black_box(out);
+                t.elapsed()
+            })
+            .collect();
+        own.sort();
+        println!(
+            "handler only (no I/O), {} reviews: p50 {:.3} ms, p99 {:.3} ms",
+            own.len(),
+            percentile(&own, 0.50),
+            percentile(&own, 0.99)
+        );
         let _ = phase(addr, tls.clone(), rate, 1, true).await; // warm-up
         println!("| path | requests | connections | p50 ms | p99 ms | max ms | client timer lag p99 ms |");
         println!("|---|---|---|---|---|---|---|");
