@@ -177,6 +177,31 @@ mod tests {
     }
 
     #[test]
+    fn mutating_a_mutated_pod_changes_nothing_more() {
+        // The API server may call the webhook again on its own output
+        // (reinvocationPolicy: IfNeeded).
+        let cfg = MutationConfig::default();
+        let mut p = pod(json!({"runtimeClassName": "kata-remote",
+            "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "3"}}}],
+            "containers": [{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}},
+                           {"name": "b", "resources": {"requests": {"nvidia.com/gpu": "1"}}}]}));
+        let apply = |p: &mut Value| {
+            let Mutation::Patch(ops) = mutate(p, &cfg).unwrap() else {
+                panic!("a peer pod is patched")
+            };
+            let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).unwrap();
+            json_patch::patch(p, &patch).unwrap();
+        };
+        apply(&mut p);
+        let once = p.clone();
+        assert_eq!(once["metadata"]["annotations"][DEFAULT_VCPUS], "3");
+        assert_eq!(once["metadata"]["annotations"][DEFAULT_MEMORY], "1024");
+        assert_eq!(once["metadata"]["annotations"][DEFAULT_GPUS], "1");
+        apply(&mut p);
+        assert_eq!(p, once);
+    }
+
+    #[test]
     fn escape_follows_rfc6901() {
         assert_eq!(escape("kata.peerpods.io/vm"), "kata.peerpods.io~1vm");
         assert_eq!(escape("a~b"), "a~0b");

@@ -239,3 +239,53 @@ async fn mutate(state: &State, req: Request<hyper::body::Incoming>) -> Response<
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{service_names, WebhookCa};
+    use rustls::pki_types::ServerName;
+
+    /// The leaf certificate a fresh TLS connection is served.
+    async fn served_cert(addr: SocketAddr, ca: &WebhookCa) -> Vec<u8> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("w.ns.svc").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_renewed_certificate_is_served_without_a_restart() {
+        let ca = WebhookCa::generate().unwrap();
+        let names = service_names("w", "ns");
+        let store = CertStore::new(ca.issue_serving(&names).unwrap());
+        let server = WebhookServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            store.clone(),
+            State::new(MutationConfig::default()),
+        )
+        .await
+        .unwrap();
+        let first = served_cert(server.local_addr(), &ca).await;
+        assert_eq!(served_cert(server.local_addr(), &ca).await, first);
+        store.replace(ca.issue_serving(&names).unwrap());
+        let second = served_cert(server.local_addr(), &ca).await;
+        assert_ne!(second, first, "new connections get the renewed certificate");
+        server.shutdown(Duration::from_secs(1)).await;
+    }
+}

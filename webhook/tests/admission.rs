@@ -497,3 +497,51 @@ async fn sigterm_drains_then_exits() {
     assert!(code.success(), "clean exit: {code:?}\n{}", w.log_text());
     let _ = process::ca_bundle;
 }
+
+#[tokio::test]
+async fn not_ready_until_its_webhook_configuration_exists() {
+    let api = ApiServer::start().await;
+    let mwc = api.world.lock().unwrap().mwcs.remove(CONFIG).unwrap();
+    let w = Webhook::start(&api.kubeconfig, &[]).await;
+    // It serves (the CA Secret exists by now) but is not ready: nothing
+    // would trust its certificate yet.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let ca = loop {
+        let secret = api
+            .world
+            .lock()
+            .unwrap()
+            .secrets
+            .get(&format!("{NAMESPACE}/peerpods-webhook-ca"))
+            .cloned();
+        if let Some(s) = secret {
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(s["data"]["ca.crt"].as_str().unwrap())
+                .unwrap();
+            break String::from_utf8(pem).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no CA secret; log:\n{}",
+            w.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut c = Client::connect(w.addr, &ca).await;
+    assert_eq!(c.request("GET", "/readyz", vec![]).await.0, 503);
+    assert_eq!(c.request("GET", "/healthz", vec![]).await.0, 200);
+    // The chart creates the configuration later: the webhook retries.
+    api.world
+        .lock()
+        .unwrap()
+        .mwcs
+        .insert(CONFIG.to_string(), mwc);
+    assert_eq!(wait_ca_bundle(&api, &w).await, ca);
+    wait_ready(&w, &ca).await;
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.status == 404 && r.path.ends_with(CONFIG)),
+        "it asked before the configuration existed"
+    );
+}
