@@ -120,6 +120,22 @@ pub struct GlobalArgs {
         global = true
     )]
     pub provider_timeout: u64,
+    /// Advertise the node's peer pod slots (kata.peerpods.io/vm, one per --limit-per-node) to the kubelet as a device plugin: on, off, or auto (on when the device plugin directory exists).
+    #[arg(
+        long,
+        env = "PEERPOD_DEVICE_PLUGIN",
+        default_value = "auto",
+        global = true
+    )]
+    pub device_plugin: String,
+    /// The kubelet's device plugin directory (its kubelet.sock, and our socket beside it).
+    #[arg(
+        long,
+        env = "PEERPOD_DEVICE_PLUGIN_DIR",
+        default_value = peerpod_deviceplugin::DEFAULT_DIR,
+        global = true
+    )]
+    pub device_plugin_dir: PathBuf,
     /// Check the provider's configuration, print what was checked, and exit.
     #[arg(long, global = true)]
     pub check: bool,
@@ -156,6 +172,11 @@ impl GlobalArgs {
         cfg.vni_base = self.vxlan_min_id;
         cfg.worker_ip = self.worker_ip;
         cfg.limit_per_node = usize::try_from(self.limit_per_node).ok();
+        cfg.device_plugin = device_plugin(
+            &self.device_plugin,
+            self.device_plugin_dir,
+            self.limit_per_node,
+        )?;
         cfg.probe_addr = match self.probe_listen.trim() {
             "" | "off" => None,
             a => Some(a.parse().map_err(|_| {
@@ -183,6 +204,35 @@ impl GlobalArgs {
         cfg.provider_timeout = Duration::from_secs(self.provider_timeout);
         Ok(cfg)
     }
+}
+
+/// The device plugin setting: `on`, `off` or `auto` (on when `dir`
+/// exists, i.e. on a Kubernetes node with the directory mounted). A
+/// negative limit advertises nothing, so no plugin either way.
+fn device_plugin(
+    mode: &str,
+    dir: PathBuf,
+    limit: i64,
+) -> Result<Option<peerpod_deviceplugin::Config>, CliError> {
+    let on = match mode.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" => true,
+        "off" | "false" => false,
+        "auto" | "" => dir.is_dir(),
+        other => {
+            return Err(invalid(
+                "--device-plugin / PEERPOD_DEVICE_PLUGIN",
+                format!("{other:?}: expected on, off or auto"),
+            ))
+        }
+    };
+    if !on {
+        return Ok(None);
+    }
+    if limit < 0 {
+        tracing::info!("negative PEERPODS_LIMIT_PER_NODE: no device plugin, nothing advertised");
+        return Ok(None);
+    }
+    Ok(Some(peerpod_deviceplugin::Config::new(dir, limit)))
 }
 
 #[cfg(test)]
@@ -234,5 +284,43 @@ mod tests {
         let e = parse(&["--initdata", "%%%"]).unwrap_err().to_string();
         assert!(e.contains("INITDATA"), "{e}");
         assert_eq!(parse(&["--cluster-id", " c1 "]).unwrap().cluster_id, "c1");
+        let e = parse(&["--device-plugin", "maybe"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("PEERPOD_DEVICE_PLUGIN") && e.contains("maybe"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn device_plugin_on_off_auto() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_str().unwrap();
+        let missing = d.path().join("none");
+        let missing = missing.to_str().unwrap();
+        let plugin = |args: &[&str]| parse(args).unwrap().device_plugin;
+        let on = plugin(&["--device-plugin-dir", dir, "--limit-per-node", "7"])
+            .expect("auto: dir exists");
+        assert_eq!(on.devices, 7);
+        assert_eq!(on.kubelet_socket, d.path().join("kubelet.sock"));
+        assert!(
+            plugin(&["--device-plugin-dir", missing]).is_none(),
+            "auto: no dir"
+        );
+        assert!(plugin(&["--device-plugin", "on", "--device-plugin-dir", missing]).is_some());
+        assert!(plugin(&["--device-plugin", "off", "--device-plugin-dir", dir]).is_none());
+        assert!(
+            plugin(&[
+                "--device-plugin",
+                "on",
+                "--device-plugin-dir",
+                dir,
+                "--limit-per-node",
+                "-1"
+            ])
+            .is_none(),
+            "negative limit: nothing advertised"
+        );
     }
 }

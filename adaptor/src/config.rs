@@ -62,6 +62,9 @@ pub struct AdaptorConfig {
     /// Longest wait for one provider call before it is abandoned with a
     /// retryable error (zero: no limit); see [`crate::provider_timeout`].
     pub provider_timeout: Duration,
+    /// The kubelet device plugin advertising `kata.peerpods.io/vm` (one
+    /// device per allowed sandbox), when on; see docs/kubernetes.md.
+    pub device_plugin: Option<peerpod_deviceplugin::Config>,
 }
 
 impl AdaptorConfig {
@@ -89,6 +92,7 @@ impl AdaptorConfig {
             orphans: crate::orphans::OrphanPolicy::default(),
             probe_addr: None,
             provider_timeout: Duration::from_secs(600),
+            device_plugin: None,
         }
     }
 

@@ -59,6 +59,49 @@ pub struct Daemon {
     probe_state: Arc<ProbeState>,
     _lock: Flock<std::fs::File>,
     socket: std::path::PathBuf,
+    device_plugin: Option<DevicePluginTask>,
+}
+
+/// The running device plugin and how to stop it.
+struct DevicePluginTask {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DevicePluginTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl DevicePluginTask {
+    /// Advertises the node's peer pod slots to the kubelet; started only
+    /// once the daemon serves, so the scheduler sees capacity only when
+    /// CreateVM can be answered.
+    fn spawn(cfg: peerpod_deviceplugin::Config) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = peerpod_deviceplugin::run(cfg, shutdown).await {
+                tracing::error!(error = %e, "device plugin stopped; kata.peerpods.io/vm is no longer advertised");
+            }
+        });
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops serving and removes our socket (the kubelet then marks the
+    /// devices unhealthy until the next adaptor registers).
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.task).await;
+    }
 }
 
 impl Daemon {
@@ -107,6 +150,7 @@ impl Daemon {
             }
             None => None,
         };
+        let device_plugin_cfg = cfg.device_plugin.clone();
         let manager = Manager::new(cfg, provider)?;
         for o in ext.observers {
             manager.add_observer(o);
@@ -124,6 +168,7 @@ impl Daemon {
             .register_service(create_hypervisor(HypervisorService::new(manager.clone())));
         server.start().await?;
         probe_state.set_ready(manager.clone());
+        let device_plugin = device_plugin_cfg.map(DevicePluginTask::spawn);
         tracing::info!(
             socket = %socket.display(),
             provider = manager.provider_name(),
@@ -137,6 +182,7 @@ impl Daemon {
             probe_state,
             _lock: lock,
             socket,
+            device_plugin,
         })
     }
 
@@ -149,6 +195,9 @@ impl Daemon {
     /// are picked up again at the next start).
     pub async fn shutdown(mut self) {
         self.probe_state.set_not_ready();
+        if let Some(p) = self.device_plugin.take() {
+            p.stop().await;
+        }
         let _ = self.server.shutdown().await;
         self.probes.take();
         let _ = std::fs::remove_file(&self.socket);

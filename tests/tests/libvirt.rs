@@ -220,6 +220,8 @@ fn bare_request(name: &str, node: &str) -> InstanceRequest {
         memory_mib: None,
         image: None,
         machine_type: None,
+        gpus: None,
+        gpu_model: None,
         user_data: b"#cloud-config\nwrite_files: []\n".to_vec(),
     }
 }

@@ -325,6 +325,8 @@ impl Manager {
             memory_mib: r.spec.memory_mib,
             image: r.spec.image.clone(),
             machine_type: r.spec.machine_type.clone(),
+            gpus: r.spec.gpus,
+            gpu_model: r.spec.gpu_model.clone(),
             user_data,
         })
     }

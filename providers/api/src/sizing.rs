@@ -17,6 +17,8 @@ pub struct Size {
 pub struct SizeRequest<'a> {
     /// The `…hypervisor.machine_type` annotation.
     pub machine_type: Option<&'a str>,
+    /// The `…hypervisor.default_gpus` annotation.
+    pub gpus: Option<u32>,
     pub vcpus: Option<u32>,
     pub memory_mib: Option<u64>,
     /// The allowed list (`PODVM_INSTANCE_TYPES` and its kin); may be empty.
@@ -46,6 +48,22 @@ pub fn instance_type_candidates(
     req: &SizeRequest<'_>,
     size_of: impl Fn(&str) -> Option<Size>,
 ) -> Result<Vec<String>, ProviderError> {
+    // GPUs: the sizes known here say nothing about accelerators, so a GPU
+    // pod must name its (allowed) GPU instance type itself.
+    if let Some(g) = req.gpus.filter(|g| *g > 0) {
+        if req.machine_type.is_none_or(|t| t.trim().is_empty()) {
+            return Err(ProviderError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "the pod asks for {g} GPU(s) (default_gpus annotation, from nvidia.com/gpu) \
+                     but names no instance type: set its \
+                     io.katacontainers.config.hypervisor.machine_type annotation to a GPU \
+                     instance type allowed in {}",
+                    req.allowed_key
+                ),
+            ));
+        }
+    }
     let allowed: Vec<&str> = if req.allowed.is_empty() {
         vec![req.default]
     } else {
@@ -198,6 +216,7 @@ mod tests {
         for (machine_type, vcpus, memory_mib, allowed, want) in rows {
             let req = SizeRequest {
                 machine_type,
+                gpus: None,
                 vcpus,
                 memory_mib,
                 allowed,
@@ -217,6 +236,37 @@ mod tests {
     }
 
     #[test]
+    fn gpu_pods_must_name_their_type() {
+        let list: Vec<String> = vec!["m6a.large".into(), "g5.xlarge".into()];
+        let req = |machine_type, gpus| SizeRequest {
+            machine_type,
+            gpus,
+            vcpus: Some(2),
+            memory_mib: None,
+            allowed: &list,
+            default: "m6a.large",
+            allowed_key: "PODVM_INSTANCE_TYPES",
+        };
+        let e = select_instance_type(&req(None, Some(1)), sizes).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidRequest);
+        assert!(
+            e.message.contains("1 GPU(s)")
+                && e.message.contains("machine_type")
+                && e.message.contains("PODVM_INSTANCE_TYPES"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            select_instance_type(&req(Some("g5.xlarge"), Some(1)), sizes).unwrap(),
+            "g5.xlarge"
+        );
+        assert!(
+            select_instance_type(&req(None, Some(0)), sizes).is_ok(),
+            "zero GPUs is none"
+        );
+    }
+
+    #[test]
     fn candidates_are_the_fitting_types_smallest_first() {
         let list: Vec<String> = ["m6a.2xlarge", "m6a.xlarge", "c6a.xlarge", "m6a.large"]
             .iter()
@@ -224,6 +274,7 @@ mod tests {
             .collect();
         let req = |machine_type, vcpus| SizeRequest {
             machine_type,
+            gpus: None,
             vcpus,
             memory_mib: None,
             allowed: &list,

@@ -84,6 +84,11 @@ pub struct InstanceRequest {
     pub image: Option<String>,
     /// Machine type asked for by the pod (`…hypervisor.machine_type`), if any.
     pub machine_type: Option<String>,
+    /// GPUs asked for by the pod (`…hypervisor.default_gpus`, which the
+    /// webhook writes from `nvidia.com/gpu`), if any.
+    pub gpus: Option<u32>,
+    /// GPU model asked for by the pod (`…hypervisor.default_gpu_model`), if any.
+    pub gpu_model: Option<String>,
     /// The document the VM reads at boot. Holds the VM's TLS key: never log it.
     pub user_data: Vec<u8>,
 }
@@ -98,6 +103,8 @@ impl std::fmt::Debug for InstanceRequest {
             .field("memory_mib", &self.memory_mib)
             .field("image", &self.image)
             .field("machine_type", &self.machine_type)
+            .field("gpus", &self.gpus)
+            .field("gpu_model", &self.gpu_model)
             .field(
                 "user_data",
                 &format_args!("<{} bytes, redacted>", self.user_data.len()),
@@ -107,6 +114,25 @@ impl std::fmt::Debug for InstanceRequest {
 }
 
 impl InstanceRequest {
+    /// For providers that cannot give a VM GPUs: an error naming what the
+    /// pod asked for, instead of a VM without them.
+    pub fn refuse_gpus(&self, provider: &str) -> Result<(), crate::ProviderError> {
+        match self.gpus.filter(|g| *g > 0) {
+            None => Ok(()),
+            Some(g) => Err(crate::ProviderError::new(
+                crate::ErrorKind::InvalidRequest,
+                format!(
+                    "the pod asks for {g} GPU(s){} (default_gpus annotation, from nvidia.com/gpu), \
+                     but the {provider} provider cannot attach GPUs to its VMs",
+                    self.gpu_model
+                        .as_deref()
+                        .map(|m| format!(" of model {m}"))
+                        .unwrap_or_default()
+                ),
+            )),
+        }
+    }
+
     /// Owner tags plus the configured extra tags (owner tags win).
     pub fn all_tags(&self) -> BTreeMap<String, String> {
         let mut m = self.extra_tags.clone();
@@ -176,10 +202,44 @@ mod tests {
             memory_mib: None,
             image: None,
             machine_type: None,
+            gpus: None,
+            gpu_model: None,
             user_data: b"-----BEGIN PRIVATE KEY-----secret".to_vec(),
         };
         let shown = format!("{req:?}");
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn gpus_are_refused_by_name() {
+        let mut req = InstanceRequest {
+            name: "podvm-x-1".into(),
+            owner: OwnerTags {
+                cluster: String::new(),
+                node: "n".into(),
+                sandbox_id: "s".into(),
+            },
+            extra_tags: BTreeMap::new(),
+            vcpus: None,
+            memory_mib: None,
+            image: None,
+            machine_type: None,
+            gpus: None,
+            gpu_model: None,
+            user_data: Vec::new(),
+        };
+        assert!(req.refuse_gpus("local").is_ok());
+        req.gpus = Some(0);
+        assert!(req.refuse_gpus("local").is_ok(), "zero GPUs is none");
+        req.gpus = Some(2);
+        req.gpu_model = Some("a100".into());
+        let e = req.refuse_gpus("libvirt").unwrap_err();
+        assert_eq!(e.kind, crate::ErrorKind::InvalidRequest);
+        assert!(
+            e.message.contains("2 GPU(s) of model a100") && e.message.contains("libvirt"),
+            "{}",
+            e.message
+        );
     }
 }

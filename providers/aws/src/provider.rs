@@ -129,6 +129,7 @@ impl AwsProvider {
         instance_type_candidates(
             &SizeRequest {
                 machine_type: req.machine_type.as_deref(),
+                gpus: req.gpus,
                 vcpus: req.vcpus,
                 memory_mib: req.memory_mib,
                 allowed: &self.cfg.instance_types,

@@ -197,6 +197,7 @@ impl AzureProvider {
         instance_type_candidates(
             &SizeRequest {
                 machine_type: req.machine_type.as_deref(),
+                gpus: req.gpus,
                 vcpus: req.vcpus,
                 memory_mib: req.memory_mib,
                 allowed: &self.cfg.instance_sizes,

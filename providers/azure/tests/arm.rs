@@ -50,6 +50,8 @@ fn request(name: &str, node: &str, sandbox: &str) -> InstanceRequest {
         memory_mib: None,
         image: None,
         machine_type: None,
+        gpus: None,
+        gpu_model: None,
         user_data: b"#cloud-config\nwrite_files: []\n".to_vec(),
     }
 }

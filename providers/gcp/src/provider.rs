@@ -177,6 +177,7 @@ impl GcpProvider {
         instance_type_candidates(
             &SizeRequest {
                 machine_type: req.machine_type.as_deref(),
+                gpus: req.gpus,
                 vcpus: req.vcpus,
                 memory_mib: req.memory_mib,
                 allowed: &self.cfg.machine_types,

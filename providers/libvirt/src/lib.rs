@@ -163,6 +163,7 @@ impl Provider for LibvirtProvider {
 
     async fn create_instance(&self, req: InstanceRequest) -> Result<Instance, ProviderError> {
         check_instance_id(&req.name)?;
+        req.refuse_gpus("libvirt")?;
         let name = req.name.clone();
         let ctx = format!("create domain {name}");
         let started = Instant::now();

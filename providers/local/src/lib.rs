@@ -538,6 +538,7 @@ impl Provider for LocalProvider {
     }
 
     async fn create_instance(&self, req: InstanceRequest) -> Result<Instance, ProviderError> {
+        req.refuse_gpus("local")?;
         self.check_binaries()?;
         let _g = self.lock.lock().await;
         state::remove_unfinished(&self.cfg.state_dir);

@@ -199,6 +199,8 @@ fn request(node: &str, sandbox: &str) -> InstanceRequest {
         memory_mib: None,
         image: None,
         machine_type: None,
+        gpus: None,
+        gpu_model: None,
         user_data: peerpod_vmconfig::userdata::UserData {
             forwarder: peerpod_vmconfig::ForwarderConfig::new(sandbox, None),
             initdata: None,
