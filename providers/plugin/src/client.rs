@@ -190,9 +190,7 @@ impl PluginProvider {
         let limit = self.cfg.connect_timeout;
         // The URI is required by the API and unused: the connector dials
         // the socket.
-        let endpoint = Endpoint::from_static("http://provider-plugin.invalid")
-            .connect_timeout(limit)
-            .timeout(self.cfg.call_timeout);
+        let endpoint = Endpoint::from_static("http://provider-plugin.invalid").connect_timeout(limit);
         let channel = match tokio::time::timeout(limit, endpoint.connect_with_connector(connector)).await
         {
             Ok(Ok(ch)) => ch,
@@ -211,6 +209,12 @@ impl PluginProvider {
         });
         req.set_timeout(limit);
         let reply = match tokio::time::timeout(limit, client.handshake(req)).await {
+            Ok(Err(s)) if is_deadline(&s) => {
+                return Err(unavailable(format!(
+                    "no Handshake answer within {limit:?} (the plugin hangs)"
+                ))
+                .with_code("PluginTimeout"))
+            }
             Err(_) => {
                 return Err(unavailable(format!(
                     "no Handshake answer within {limit:?} (the plugin hangs)"
@@ -300,6 +304,7 @@ impl PluginProvider {
                             e
                         })
                     }
+                    Err(s) if is_deadline(&s) => return Err(self.timed_out(method, limit)),
                     Err(s) => {
                         let never_sent = c.ended.load(Ordering::SeqCst);
                         let lost = connection_lost(&s);
@@ -318,14 +323,7 @@ impl PluginProvider {
         };
         let res = match tokio::time::timeout(limit, attempts).await {
             Ok(r) => r,
-            Err(_) => Err(ProviderError::new(
-                ErrorKind::Transient,
-                format!(
-                    "{}: {method} did not answer within {limit:?} (PEERPOD_PLUGIN_TIMEOUT); the call was abandoned",
-                    self.who()
-                ),
-            )
-            .with_code("PluginTimeout")),
+            Err(_) => Err(self.timed_out(method, limit)),
         };
         let took = started.elapsed();
         let failure = res.as_ref().err().map(|e| e.kind.as_str());
@@ -334,6 +332,17 @@ impl PluginProvider {
             tracing::debug!(method, took_ms = took.as_millis() as u64, error = %e, "plugin call failed");
         }
         res
+    }
+
+    fn timed_out(&self, method: &str, limit: Duration) -> ProviderError {
+        ProviderError::new(
+            ErrorKind::Transient,
+            format!(
+                "{}: {method} did not answer within {limit:?} (PEERPOD_PLUGIN_TIMEOUT); the call was abandoned",
+                self.who()
+            ),
+        )
+        .with_code("PluginTimeout")
     }
 
     /// A failed gRPC call as a provider error naming the plugin.
@@ -361,6 +370,13 @@ impl PluginProvider {
         )
         .with_code(code)
     }
+}
+
+/// Whether the call ran out of time: the plugin said so, or the
+/// channel's own enforcement of the gRPC timeout we sent fired first.
+fn is_deadline(s: &Status) -> bool {
+    s.code() == Code::DeadlineExceeded
+        || (s.code() == Code::Cancelled && s.message().contains("Timeout expired"))
 }
 
 /// Whether a failed call means the connection is gone (crash, reset,
