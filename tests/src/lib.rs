@@ -9,4 +9,5 @@ pub mod faulty_provider;
 pub mod harness;
 #[cfg(feature = "libvirt")]
 pub mod libvirt_env;
+pub mod plugin_env;
 pub mod process_provider;
