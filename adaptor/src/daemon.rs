@@ -44,6 +44,9 @@ pub struct Extensions {
     /// Observers of every sandbox's life-cycle events (added before
     /// recovery, so they see the events of resumed teardowns too).
     pub observers: Vec<Arc<dyn crate::lifecycle::SandboxObserver>>,
+    /// Extra series for `/metrics` (e.g. the plugin client's per-call
+    /// metrics), rendered with the adaptor's own.
+    pub metrics: Vec<Box<dyn prometheus_client::collector::Collector>>,
 }
 
 /// A running daemon.
@@ -105,6 +108,9 @@ impl Daemon {
         let manager = Manager::new(cfg, provider)?;
         for o in ext.observers {
             manager.add_observer(o);
+        }
+        for c in ext.metrics {
+            manager.add_metrics(c);
         }
         let recovered = manager.recover().await?;
         manager.spawn_orphan_collector();

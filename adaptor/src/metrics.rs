@@ -1,6 +1,8 @@
 //! The adaptor's Prometheus metrics: sandboxes by phase, StartVM and
 //! StopVM durations, provider errors by kind, orphans collected, relayed
-//! bytes and open relay connections. Kept in one registry, rendered in
+//! bytes and open relay connections; plus the series other parts add
+//! (a provider's own, e.g. the plugin client's per-call metrics, through
+//! [`Metrics::register_collector`]). Kept in one registry, rendered in
 //! the text format by [`crate::probes`] at `/metrics`.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -44,7 +46,8 @@ fn duration_buckets() -> impl Iterator<Item = f64> {
 
 /// Every metric of the adaptor.
 pub struct Metrics {
-    registry: Registry,
+    /// Locked only to render and to add a collector.
+    registry: Mutex<Registry>,
     pub sandboxes: Family<PhaseLabel, Gauge>,
     pub start_seconds: Family<OutcomeLabel, Histogram>,
     pub stop_seconds: Histogram,
@@ -106,7 +109,7 @@ impl Metrics {
             relay_connections.clone(),
         );
         Self {
-            registry,
+            registry: Mutex::new(registry),
             sandboxes,
             start_seconds,
             stop_seconds,
@@ -169,10 +172,22 @@ impl Metrics {
             .set(i64::try_from(active.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     }
 
+    /// Adds series of another part of the program (names get the
+    /// `peerpod_` prefix).
+    pub fn register_collector(&self, c: Box<dyn prometheus_client::collector::Collector>) {
+        if let Ok(mut r) = self.registry.lock() {
+            r.register_collector(c);
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let ok = match self.registry.lock() {
+            Ok(r) => prometheus_client::encoding::text::encode(&mut out, &r).is_ok(),
+            Err(_) => false,
+        };
+        if !ok {
             out.clear();
         }
         out

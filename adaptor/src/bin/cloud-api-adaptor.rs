@@ -5,6 +5,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cloud_api_adaptor::cli::GlobalArgs;
+use cloud_api_adaptor::daemon::Extensions;
 use cloud_api_adaptor::Daemon;
 use peerpod_provider_api::cli::{BuildContext, BuildError};
 use peerpod_provider_api::Provider;
@@ -36,11 +37,23 @@ enum ProviderCmd {
     /// Pod VMs are Azure confidential VMs (SEV-SNP unless DISABLECVM=true).
     #[cfg(feature = "azure")]
     Azure(Box<peerpod_provider_azure::cli::Args>),
+    /// An out-of-process provider (any language) serving the provider plugin protocol on a unix socket.
+    Plugin(peerpod_provider_plugin::cli::Args),
 }
 
 impl ProviderCmd {
-    async fn build(self, ctx: &BuildContext) -> Result<Arc<dyn Provider>, BuildError> {
+    /// The provider, and extensions it brings (its own metrics).
+    async fn build(
+        self,
+        ctx: &BuildContext,
+        ext: &mut Extensions,
+    ) -> Result<Arc<dyn Provider>, BuildError> {
         match self {
+            ProviderCmd::Plugin(a) => {
+                let (p, metrics) = a.build_with_metrics(ctx).await?;
+                ext.metrics.push(Box::new(metrics));
+                Ok(p)
+            }
             ProviderCmd::Local(a) => a.build(ctx).await,
             #[cfg(feature = "aws")]
             ProviderCmd::Aws(a) => a.build(ctx).await,
@@ -74,7 +87,8 @@ fn main() -> anyhow::Result<()> {
         let ctx = BuildContext {
             state_dir: cli.global.paths.state_dir.clone(),
         };
-        let provider = cli.provider.build(&ctx).await?;
+        let mut ext = Extensions::default();
+        let provider = cli.provider.build(&ctx, &mut ext).await?;
         let checks = provider
             .verify()
             .await
@@ -92,7 +106,7 @@ fn main() -> anyhow::Result<()> {
         if cfg.registry_auth.is_some() {
             tracing::info!("registry credentials loaded; every pod VM gets them (0600)");
         }
-        let daemon = Daemon::start(cfg, provider).await?;
+        let daemon = Daemon::start_with(cfg, provider, ext).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

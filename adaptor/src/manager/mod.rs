@@ -173,6 +173,11 @@ impl Manager {
         self.observers.add(o);
     }
 
+    /// Adds series to `/metrics` (a provider's own metrics).
+    pub fn add_metrics(&self, c: Box<dyn prometheus_client::collector::Collector>) {
+        self.metrics.register_collector(c);
+    }
+
     /// Tells the observers about a step of `r`'s sandbox.
     fn emit(&self, r: &SandboxRecord, kind: EventKind) {
         self.observers.emit(SandboxEvent {

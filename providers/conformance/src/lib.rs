@@ -122,9 +122,8 @@ pub trait Fixture: Send + Sync {
 
 /// Owner tags; the kit's node and cluster names are unique per run.
 pub fn owner(cluster: &str, node: &str, sandbox: &str) -> OwnerTags {
-    let _ = cluster; // BASE
     OwnerTags {
-        // BASE: cluster: cluster.into(),
+        cluster: cluster.into(),
         node: node.into(),
         sandbox_id: sandbox.into(),
     }

@@ -115,7 +115,7 @@ impl Provider for MemoryProvider {
             name: req.name.clone(),
             ips: vec![IpAddr::V4(Ipv4Addr::new(127, 77, (n / 250 % 250) as u8, (n % 250 + 1) as u8))],
             tags: req.all_tags(),
-            // BASE: instance_type: req.machine_type.clone(),
+            instance_type: req.machine_type.clone(),
         };
         self.instances
             .lock()

@@ -87,7 +87,7 @@ fn client(sock: &Path, call: Duration) -> PluginProvider {
 fn node(n: &str) -> OwnerTags {
     OwnerTags {
         node: n.into(),
-        sandbox_id: String::new(),
+        ..Default::default()
     }
 }
 

@@ -1,8 +1,11 @@
 //! The `plugin` subcommand's flags (`cloud-api-adaptor plugin …`), with
 //! environment fallbacks for the peer-pods ConfigMap.
 
-use crate::{PluginConfig, PluginProvider};
+use crate::{PluginConfig, PluginMetrics, PluginProvider};
+use peerpod_provider_api::cli::{BuildContext, BuildError};
+use peerpod_provider_api::Provider;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A provider served out of process over the plugin protocol.
@@ -44,12 +47,65 @@ impl Args {
     }
 
     /// The client, connected and handshaken (waiting up to
-    /// `--plugin-start-wait` for the plugin to come up).
-    pub async fn connect(
-        &self,
-    ) -> Result<PluginProvider, peerpod_provider_api::ProviderError> {
+    /// `--plugin-start-wait` for the plugin to come up): a plugin that is
+    /// absent, hangs or speaks another protocol version stops the adaptor
+    /// at start-up with a message naming the socket.
+    pub async fn build(self, ctx: &BuildContext) -> Result<Arc<dyn Provider>, BuildError> {
+        Ok(self.build_with_metrics(ctx).await?.0)
+    }
+
+    /// [`Args::build`], plus the per-call metrics for `/metrics`.
+    pub async fn build_with_metrics(
+        self,
+        _ctx: &BuildContext,
+    ) -> Result<(Arc<dyn Provider>, PluginMetrics), BuildError> {
         let p = PluginProvider::new(self.config());
-        p.wait_ready(Duration::from_secs(self.start_wait)).await?;
-        Ok(p)
+        p.wait_ready(Duration::from_secs(self.start_wait))
+            .await
+            .map_err(|e| BuildError::init("plugin", e))?;
+        let m = p.metrics().clone();
+        Ok((Arc::new(p), m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: Args,
+    }
+
+    #[test]
+    fn defaults_and_zero_timeout() {
+        let c = Cli::parse_from(["x"]);
+        assert_eq!(c.a.socket, PathBuf::from("/run/peerpod/provider.sock"));
+        let cfg = c.a.config();
+        assert_eq!(cfg.call_timeout, Duration::from_secs(600));
+        assert_eq!(cfg.connect_timeout, Duration::from_secs(5));
+        let c = Cli::parse_from(["x", "--socket", "/tmp/p.sock", "--plugin-timeout", "0"]);
+        assert!(c.a.config().call_timeout > Duration::from_secs(3600 * 24 * 365));
+    }
+
+    #[tokio::test]
+    async fn no_plugin_is_a_start_up_error_naming_the_socket() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("none.sock");
+        let c = Cli::parse_from([
+            "x",
+            "--socket",
+            sock.to_str().unwrap(),
+            "--plugin-start-wait",
+            "0",
+        ]);
+        let ctx = BuildContext {
+            state_dir: d.path().to_path_buf(),
+        };
+        let e = c.a.build(&ctx).await.err().expect("no plugin");
+        let s = e.to_string();
+        assert!(s.contains("plugin") && s.contains("none.sock") && s.contains("cannot connect"), "{s}");
     }
 }

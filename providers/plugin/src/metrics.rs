@@ -1,11 +1,12 @@
 //! Per-call metrics of the plugin hop: calls, failures by error kind and
 //! latency by method, plus connections made. Kept in this crate's own
-//! prometheus-client metric families; [`PluginMetrics::register`] adds
-//! them to whatever registry the daemon renders at `/metrics` (names get
-//! that registry's prefix: `peerpod_plugin_calls_total`, …), so the
-//! adaptor needs nothing plugin-specific.
+//! prometheus-client metric families. [`PluginMetrics`] is a
+//! prometheus-client `Collector`: the adaptor adds it to the registry it
+//! renders at `/metrics` (names get that registry's prefix:
+//! `peerpod_plugin_calls_total`, …) and needs nothing plugin-specific.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -26,7 +27,7 @@ pub struct FailureLabels {
 }
 
 /// See the module doc. Clones share the same series.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct PluginMetrics {
     pub calls: Family<MethodLabel, Counter>,
     pub failures: Family<FailureLabels, Counter>,
@@ -56,29 +57,9 @@ impl PluginMetrics {
         }
     }
 
-    /// Adds the series to `registry` under the sub-prefix `plugin`.
+    /// Adds the series to `registry` (as a collector).
     pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("plugin");
-        r.register(
-            "calls",
-            "Provider plugin calls by method",
-            self.calls.clone(),
-        );
-        r.register(
-            "call_failures",
-            "Provider plugin calls that failed, by method and error kind",
-            self.failures.clone(),
-        );
-        r.register(
-            "call_duration_seconds",
-            "Provider plugin call latency by method (plugin hop and provider work)",
-            self.seconds.clone(),
-        );
-        r.register(
-            "connects",
-            "Connections (with handshake) made to the provider plugin",
-            self.connects.clone(),
-        );
+        registry.register_collector(Box::new(self.clone()));
     }
 
     /// Records one finished call.
@@ -105,6 +86,39 @@ impl PluginMetrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &r);
         out
+    }
+}
+
+impl Collector for PluginMetrics {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = e.encode_descriptor(
+            "plugin_calls",
+            "Provider plugin calls by method",
+            None,
+            self.calls.metric_type(),
+        )?;
+        self.calls.encode(m)?;
+        let m = e.encode_descriptor(
+            "plugin_call_failures",
+            "Provider plugin calls that failed, by method and error kind",
+            None,
+            self.failures.metric_type(),
+        )?;
+        self.failures.encode(m)?;
+        let m = e.encode_descriptor(
+            "plugin_call_duration_seconds",
+            "Provider plugin call latency by method (plugin hop and provider work)",
+            None,
+            self.seconds.metric_type(),
+        )?;
+        self.seconds.encode(m)?;
+        let m = e.encode_descriptor(
+            "plugin_connects",
+            "Connections (with handshake) made to the provider plugin",
+            None,
+            self.connects.metric_type(),
+        )?;
+        self.connects.encode(m)
     }
 }
 

@@ -59,7 +59,7 @@ pub fn error_from_pb(e: pb::ProviderError) -> ProviderError {
 
 pub fn owner_to_pb(o: &OwnerTags) -> pb::OwnerTags {
     pb::OwnerTags {
-        cluster: String::new(), // BASE: o.cluster.clone()
+        cluster: o.cluster.clone(),
         node: o.node.clone(),
         sandbox_id: o.sandbox_id.clone(),
     }
@@ -68,7 +68,7 @@ pub fn owner_to_pb(o: &OwnerTags) -> pb::OwnerTags {
 pub fn owner_from_pb(o: Option<pb::OwnerTags>) -> OwnerTags {
     let o = o.unwrap_or_default();
     OwnerTags {
-        // BASE: cluster: o.cluster,
+        cluster: o.cluster,
         node: o.node,
         sandbox_id: o.sandbox_id,
     }
@@ -113,7 +113,7 @@ pub fn instance_to_pb(i: Instance) -> pb::Instance {
         name: i.name,
         ips: i.ips.iter().map(IpAddr::to_string).collect(),
         tags: i.tags,
-        instance_type: None, // BASE: i.instance_type
+        instance_type: i.instance_type,
     }
 }
 
@@ -147,7 +147,7 @@ pub fn instance_from_pb(i: pb::Instance) -> Result<Instance, ProviderError> {
         name: i.name,
         ips,
         tags: i.tags,
-        // BASE: instance_type: i.instance_type,
+        instance_type: i.instance_type,
     })
 }
 
@@ -195,7 +195,7 @@ mod tests {
         let req = InstanceRequest {
             name: "podvm-web-12345678".into(),
             owner: OwnerTags {
-                // BASE: cluster: "c1".into(),
+                cluster: "c1".into(),
                 node: "n1".into(),
                 sandbox_id: "12345678abc".into(),
             },
@@ -217,7 +217,7 @@ mod tests {
             name: "podvm-web-12345678".into(),
             ips: vec!["10.0.0.4".parse().unwrap(), "fd00::4".parse().unwrap()],
             tags: extra,
-            // BASE: instance_type: Some("m6a.large".into()),
+            instance_type: Some("m6a.large".into()),
         };
         assert_eq!(instance_from_pb(instance_to_pb(inst.clone())).unwrap(), inst);
     }
@@ -229,7 +229,7 @@ mod tests {
             name: "n".into(),
             ips: vec![],
             tags: BTreeMap::new(),
-            // BASE: instance_type: None,
+            instance_type: None,
         });
         bad.ips.push("10.0.0.300".into());
         let e = instance_from_pb(bad.clone()).unwrap_err();

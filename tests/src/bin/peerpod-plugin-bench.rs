@@ -54,6 +54,7 @@ async fn block(p: &dyn Provider, n: usize, s: &mut Series) -> anyhow::Result<()>
         let req = basic_request(
             &format!("podvm-bench-{i:08}"),
             OwnerTags {
+                cluster: "bench".into(),
                 node: "bench".into(),
                 sandbox_id: format!("sb{i}"),
             },
