@@ -267,7 +267,7 @@ impl PluginAdaptor {
             .arg(self.forwarder_port.to_string())
             .args(global)
             .arg("plugin")
-            .arg("--socket")
+            .arg("--provider-socket")
             .arg(&self.plugin_socket)
             .args(&self.plugin_args)
             .stdin(Stdio::null())
@@ -336,4 +336,124 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(15150)
+}
+
+/// One HTTP/1.0 GET on the probe endpoint; the body.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
+
+/// The Rust example plugin (`peerpod-local-plugin`, the local provider)
+/// in a private mount namespace whose `/run/netns` is a fresh tmpfs, as
+/// [`crate::adaptor_process`] runs the adaptor: on drop every process of
+/// that namespace is killed by pid, then the bridge and any veth a crash
+/// left are removed. Needs root.
+pub struct LocalPlugin {
+    child: Option<Child>,
+    mnt_inode: u64,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    pub log: PathBuf,
+    pub bridge: String,
+}
+
+impl LocalPlugin {
+    pub fn start(dir: &Path, subnet: &str) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let socket = dir.join("local-plugin.sock");
+        let state = dir.join("local-plugin");
+        let log = dir.join("local-plugin.log");
+        let bridge = format!("pplp{}", rand::random::<u16>() % 10000);
+        let mut child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mkdir -p /run/netns && mount -t tmpfs -o mode=0755 peerpod-test /run/netns && exec \"$0\" \"$@\"")
+            .arg(bin_path("peerpod-local-plugin"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--bridge")
+            .arg(&bridge)
+            .arg("--subnet")
+            .arg(subnet)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_file(&log)))
+            .stderr(Stdio::from(log_file(&log)))
+            .spawn()
+            .expect("spawn peerpod-local-plugin");
+        wait_for_socket(&socket, &mut child, &log, "peerpod-local-plugin");
+        let mnt_inode = std::fs::metadata(format!("/proc/{}/ns/mnt", child.id()))
+            .map(|m| m.ino())
+            .unwrap_or(0);
+        Self {
+            child: Some(child),
+            mnt_inode,
+            socket,
+            state,
+            log,
+            bridge,
+        }
+    }
+
+    /// Processes in the plugin's mount namespace (the plugin and its
+    /// instances' forwarders and agents).
+    pub fn processes(&self) -> Vec<u32> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino()).ok()
+                == Some(self.mnt_inode)
+            {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    pub fn instance_dirs(&self) -> Vec<String> {
+        std::fs::read_dir(self.state.join("local/instances"))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for LocalPlugin {
+    fn drop(&mut self) {
+        let ids = self.instance_dirs();
+        for _ in 0..3 {
+            let pids = self.processes();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for id in ids.iter().filter(|i| i.len() > 1) {
+            for name in [format!("ppl{}", &id[1..]), format!("plp{}", &id[1..])] {
+                let _ = Command::new("ip").args(["link", "del", &name]).stderr(Stdio::null()).status();
+            }
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+    }
 }

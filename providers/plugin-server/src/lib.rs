@@ -70,6 +70,14 @@ impl PluginServer {
         self
     }
 
+    /// The protocol version announced in the handshake (default: the
+    /// one this build speaks). A plugin that can still serve an older
+    /// adaptor announces that version to it.
+    pub fn protocol_version(mut self, v: u32) -> Self {
+        self.svc.protocol_version = v;
+        self
+    }
+
     /// Whether to advertise ConsoleTail (default: yes).
     pub fn console_tail(mut self, on: bool) -> Self {
         self.svc.console_tail = on;

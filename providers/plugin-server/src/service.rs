@@ -17,6 +17,7 @@ pub struct ProviderService {
     provider: Arc<dyn Provider>,
     pub(crate) version: String,
     pub(crate) console_tail: bool,
+    pub(crate) protocol_version: u32,
 }
 
 impl ProviderService {
@@ -25,6 +26,7 @@ impl ProviderService {
             provider,
             version: env!("CARGO_PKG_VERSION").to_string(),
             console_tail: true,
+            protocol_version: pb::PROTOCOL_VERSION,
         }
     }
 
@@ -50,7 +52,7 @@ impl pb::provider_server::Provider for ProviderService {
             capabilities.push(pb::Capability::ConsoleTail as i32);
         }
         Ok(Response::new(pb::HandshakeReply {
-            protocol_version: pb::PROTOCOL_VERSION,
+            protocol_version: self.protocol_version,
             provider_name: self.provider.name().to_string(),
             capabilities,
             plugin_version: self.version.clone(),

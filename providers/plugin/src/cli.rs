@@ -11,13 +11,14 @@ use std::time::Duration;
 /// A provider served out of process over the plugin protocol.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// The plugin's unix socket.
+    /// The plugin's unix socket. (Not `--socket`: that global flag is the
+    /// adaptor's own hypervisor socket.)
     #[arg(
         long,
         env = "PEERPOD_PROVIDER_SOCKET",
         default_value = "/run/peerpod/provider.sock"
     )]
-    pub socket: PathBuf,
+    pub provider_socket: PathBuf,
     /// Seconds each plugin call may take (0: no limit besides PEERPOD_PROVIDER_TIMEOUT).
     #[arg(long = "plugin-timeout", env = "PEERPOD_PLUGIN_TIMEOUT", default_value_t = 600)]
     pub call_timeout: u64,
@@ -36,7 +37,7 @@ pub struct Args {
 impl Args {
     /// The client configuration these flags describe.
     pub fn config(&self) -> PluginConfig {
-        let mut c = PluginConfig::new(&self.socket);
+        let mut c = PluginConfig::new(&self.provider_socket);
         c.call_timeout = if self.call_timeout == 0 {
             Duration::from_secs(u64::from(u32::MAX))
         } else {
@@ -82,11 +83,17 @@ mod tests {
     #[test]
     fn defaults_and_zero_timeout() {
         let c = Cli::parse_from(["x"]);
-        assert_eq!(c.a.socket, PathBuf::from("/run/peerpod/provider.sock"));
+        assert_eq!(c.a.provider_socket, PathBuf::from("/run/peerpod/provider.sock"));
         let cfg = c.a.config();
         assert_eq!(cfg.call_timeout, Duration::from_secs(600));
         assert_eq!(cfg.connect_timeout, Duration::from_secs(5));
-        let c = Cli::parse_from(["x", "--socket", "/tmp/p.sock", "--plugin-timeout", "0"]);
+        let c = Cli::parse_from([
+            "x",
+            "--provider-socket",
+            "/tmp/p.sock",
+            "--plugin-timeout",
+            "0",
+        ]);
         assert!(c.a.config().call_timeout > Duration::from_secs(3600 * 24 * 365));
     }
 
@@ -96,7 +103,7 @@ mod tests {
         let sock = d.path().join("none.sock");
         let c = Cli::parse_from([
             "x",
-            "--socket",
+            "--provider-socket",
             sock.to_str().unwrap(),
             "--plugin-start-wait",
             "0",

@@ -233,6 +233,13 @@ impl PluginProvider {
                 )
                 .with_code("PluginProtocolVersion"))
             }
+            Ok(Err(s)) if ended.load(Ordering::SeqCst) || connection_lost(&s) => {
+                return Err(unavailable(format!(
+                    "the connection failed during the Handshake: the plugin exited, or what \
+                     listens there does not speak gRPC (HTTP/2) ({})",
+                    s.message()
+                )))
+            }
             Ok(Err(s)) => {
                 return Err(unavailable(format!(
                     "Handshake failed: {} ({:?}) — is this a provider plugin?",
