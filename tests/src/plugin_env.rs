@@ -160,10 +160,18 @@ impl PythonPlugin {
             .map(|v| {
                 (
                     v["id"].as_str().unwrap_or_default().to_string(),
-                    v["tags"]["peerpod-node"].as_str().unwrap_or_default().to_string(),
+                    v["tags"]["peerpod-node"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                     v["pids"]
                         .as_array()
-                        .map(|a| a.iter().filter_map(|p| p.as_i64()).map(|p| p as i32).collect())
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|p| p.as_i64())
+                                .map(|p| p as i32)
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 )
             })
@@ -413,7 +421,9 @@ impl LocalPlugin {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino()).ok()
+            if std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+                .map(|m| m.ino())
+                .ok()
                 == Some(self.mnt_inode)
             {
                 out.push(pid);
@@ -424,7 +434,11 @@ impl LocalPlugin {
 
     pub fn instance_dirs(&self) -> Vec<String> {
         std::fs::read_dir(self.state.join("local/instances"))
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -451,9 +465,15 @@ impl Drop for LocalPlugin {
         }
         for id in ids.iter().filter(|i| i.len() > 1) {
             for name in [format!("ppl{}", &id[1..]), format!("plp{}", &id[1..])] {
-                let _ = Command::new("ip").args(["link", "del", &name]).stderr(Stdio::null()).status();
+                let _ = Command::new("ip")
+                    .args(["link", "del", &name])
+                    .stderr(Stdio::null())
+                    .status();
             }
         }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
     }
 }

@@ -49,7 +49,11 @@ async fn pods_gone(a: &PluginAdaptor) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("sandboxes still present in {}:\n{}", pods.display(), a.log());
+    panic!(
+        "sandboxes still present in {}:\n{}",
+        pods.display(),
+        a.log()
+    );
 }
 
 fn client(sock: &Path) -> PluginProvider {
@@ -80,21 +84,34 @@ async fn python_plugin_runs_a_sandbox_end_to_end() {
         .await
         .unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0].tags.get("peerpod-sandbox").map(String::as_str), Some("sbpy1"));
+    assert_eq!(
+        listed[0].tags.get("peerpod-sandbox").map(String::as_str),
+        Some("sbpy1")
+    );
     let pids: Vec<i32> = plugin.records().into_iter().flat_map(|r| r.2).collect();
     assert_eq!(pids.len(), 2, "agent and forwarder");
 
     // The plugin hop's metrics are on the adaptor's /metrics.
     let m = http_get(&probe, "/metrics").await;
-    assert!(m.contains("peerpod_plugin_calls_total{method=\"CreateInstance\"} 1"), "{m}");
+    assert!(
+        m.contains("peerpod_plugin_calls_total{method=\"CreateInstance\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("peerpod_plugin_connects_total 1"), "{m}");
 
     h.stop_vm("sbpy1").await.unwrap();
     pods_gone(&a).await;
     assert!(plugin.records().is_empty(), "record removed");
     assert!(plugin.instance_dirs().is_empty());
-    assert!(pids.iter().all(|p| !running(*p)), "forwarder and agent stopped");
-    assert!(a.log().contains("connected to the provider plugin"), "{}", a.log());
+    assert!(
+        pids.iter().all(|p| !running(*p)),
+        "forwarder and agent stopped"
+    );
+    assert!(
+        a.log().contains("connected to the provider plugin"),
+        "{}",
+        a.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +143,11 @@ async fn the_demo_flow_through_the_local_provider_as_a_plugin() {
     assert_eq!(plugin.processes().len(), 1, "only the plugin is left");
     let out = a.run_to_exit(&["--check"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("provider plugin local"), "{text}");
 }
 
@@ -206,7 +227,10 @@ async fn broken_plugins_give_the_shim_named_errors_and_the_adaptor_keeps_serving
     plugin.sigkill();
     let e = fails("sbcrash").await;
     assert!(e.contains("provider create") && e.contains("plugin"), "{e}");
-    assert!(e.contains(&sock.display().to_string()) && e.contains("cannot connect"), "{e}");
+    assert!(
+        e.contains(&sock.display().to_string()) && e.contains("cannot connect"),
+        "{e}"
+    );
     healthy(&good).await;
 
     // 2. Something on the socket that accepts and never answers.
@@ -218,7 +242,10 @@ async fn broken_plugins_give_the_shim_named_errors_and_the_adaptor_keeps_serving
     drop(hang);
 
     // 3. Something on the socket that is not gRPC.
-    let garbage = FakeSocket::start(&sock, Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi".to_vec()));
+    let garbage = FakeSocket::start(
+        &sock,
+        Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi".to_vec()),
+    );
     let e = fails("sbgarbage").await;
     assert!(e.contains("provider create") && e.contains("plugin"), "{e}");
     assert!(e.contains("does not speak gRPC"), "{e}");
@@ -238,8 +265,14 @@ async fn broken_plugins_give_the_shim_named_errors_and_the_adaptor_keeps_serving
     }));
     let e = fails("sbold").await;
     assert!(e.contains("provider create") && e.contains("plugin"), "{e}");
-    assert!(e.contains("speaks provider protocol v0") && e.contains("upgrade the plugin"), "{e}");
-    assert!(old_backend.is_empty(), "nothing was created through the refused plugin");
+    assert!(
+        e.contains("speaks provider protocol v0") && e.contains("upgrade the plugin"),
+        "{e}"
+    );
+    assert!(
+        old_backend.is_empty(),
+        "nothing was created through the refused plugin"
+    );
     healthy(&good).await;
     let _ = stop_old.send(());
     old_task.await.unwrap().unwrap();
@@ -251,7 +284,14 @@ async fn broken_plugins_give_the_shim_named_errors_and_the_adaptor_keeps_serving
     healthy(&good).await;
     assert_eq!(a.pid(), pid, "the same adaptor process served throughout");
 
-    for id in ["sbgood", "sbcrash", "sbhang", "sbgarbage", "sbold", "sbagain"] {
+    for id in [
+        "sbgood",
+        "sbcrash",
+        "sbhang",
+        "sbgarbage",
+        "sbold",
+        "sbagain",
+    ] {
         h.stop_vm(id).await.unwrap();
     }
     pods_gone(&a).await;
@@ -261,5 +301,9 @@ async fn broken_plugins_give_the_shim_named_errors_and_the_adaptor_keeps_serving
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(plugin.records().is_empty(), "nothing leaked: {:?}", plugin.records());
+    assert!(
+        plugin.records().is_empty(),
+        "nothing leaked: {:?}",
+        plugin.records()
+    );
 }

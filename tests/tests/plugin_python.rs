@@ -85,7 +85,11 @@ impl Fixture for PyFixture {
         for (id, n, pids) in records {
             if n == node {
                 out.push(format!("record {id}"));
-                out.extend(pids.iter().filter(|p| running(**p)).map(|p| format!("process {p} of {id}")));
+                out.extend(
+                    pids.iter()
+                        .filter(|p| running(**p))
+                        .map(|p| format!("process {p} of {id}")),
+                );
             }
         }
         out

@@ -81,7 +81,12 @@ impl Fixture for AwsFixture {
         let out = match self
             .client
             .describe_instances()
-            .filters(Filter::builder().name("tag:peerpod-node").values(node).build())
+            .filters(
+                Filter::builder()
+                    .name("tag:peerpod-node")
+                    .values(node)
+                    .build(),
+            )
             .send()
             .await
         {
@@ -92,7 +97,10 @@ impl Fixture for AwsFixture {
             .iter()
             .flat_map(|r| r.instances())
             .filter(|i| {
-                let s = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string());
+                let s = i
+                    .state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string());
                 !matches!(s.as_deref(), Some("terminated") | Some("shutting-down"))
             })
             .map(|i| format!("instance {}", i.instance_id().unwrap_or("?")))

@@ -17,7 +17,7 @@
 mod common;
 
 use async_trait::async_trait;
-use common::{image_id, subnet_id, Fault, FakeArm, RG, SUB, TOKEN};
+use common::{image_id, subnet_id, FakeArm, Fault, RG, SUB, TOKEN};
 use peerpod_provider_api::{ErrorKind, Provider};
 use peerpod_provider_azure::{ArmTiming, AzureProvider, RawAzureConfig, StaticToken};
 use peerpod_provider_conformance::{run_all, Fixture, Injection};

@@ -99,9 +99,20 @@ pub async fn create_list_delete(f: &dyn Fixture, node: &str) -> Check {
         .create_instance(req.clone())
         .await
         .map_err(|e| format!("create: {e}"))?;
-    ensure!(!inst.id.trim().is_empty(), "created instance has no id: {inst:?}");
-    ensure!(inst.name == req.name, "name {:?}, asked for {:?}", inst.name, req.name);
-    ensure!(!inst.ips.is_empty(), "created instance has no address: {inst:?}");
+    ensure!(
+        !inst.id.trim().is_empty(),
+        "created instance has no id: {inst:?}"
+    );
+    ensure!(
+        inst.name == req.name,
+        "name {:?}, asked for {:?}",
+        inst.name,
+        req.name
+    );
+    ensure!(
+        !inst.ips.is_empty(),
+        "created instance has no address: {inst:?}"
+    );
     for (k, v) in req.all_tags() {
         ensure!(
             inst.tags.get(&k) == Some(&v),
@@ -121,10 +132,18 @@ pub async fn create_list_delete(f: &dyn Fixture, node: &str) -> Check {
         listed[0]
     );
     for (k, v) in req.all_tags() {
-        ensure!(listed[0].tags.get(&k) == Some(&v), "tag {k}={v} missing when listed: {:?}", listed[0].tags);
+        ensure!(
+            listed[0].tags.get(&k) == Some(&v),
+            "tag {k}={v} missing when listed: {:?}",
+            listed[0].tags
+        );
     }
     let by_node = ids(&*p, &owner("", node, "")).await?;
-    ensure!(by_node.contains(&inst.id), "list by node alone misses {}: {by_node:?}", inst.id);
+    ensure!(
+        by_node.contains(&inst.id),
+        "list by node alone misses {}: {by_node:?}",
+        inst.id
+    );
     p.delete_instance(&inst.id)
         .await
         .map_err(|e| format!("delete {}: {e}", inst.id))?;
@@ -163,7 +182,11 @@ pub async fn delete_empty_id_refused(f: &dyn Fixture, node: &str) -> Check {
         }
     }
     let still = ids(&*p, &owner("", node, "")).await?;
-    ensure!(still.contains(&inst.id), "an empty-id delete removed {}", inst.id);
+    ensure!(
+        still.contains(&inst.id),
+        "an empty-id delete removed {}",
+        inst.id
+    );
     Ok(Outcome::Passed)
 }
 
@@ -181,10 +204,26 @@ pub async fn owner_isolation(f: &dyn Fixture, node: &str) -> Check {
         let cases: Vec<(OwnerTags, BTreeSet<String>, &str)> = vec![
             (owner(&ca, node, ""), want(&[&a1]), "cluster A, node 1"),
             (owner(&ca, &node2, ""), want(&[&a2]), "cluster A, node 2"),
-            (owner(&cb, node, ""), want(&[&b1]), "cluster B, node 1 (same node name as A's)"),
-            (owner("", node, ""), want(&[&a1, &b1]), "any cluster, node 1"),
-            (owner(&ca, node, &s1), want(&[&a1]), "cluster A, node 1, its sandbox"),
-            (owner(&ca, node, &s3), want(&[]), "cluster A, node 1, cluster B's sandbox"),
+            (
+                owner(&cb, node, ""),
+                want(&[&b1]),
+                "cluster B, node 1 (same node name as A's)",
+            ),
+            (
+                owner("", node, ""),
+                want(&[&a1, &b1]),
+                "any cluster, node 1",
+            ),
+            (
+                owner(&ca, node, &s1),
+                want(&[&a1]),
+                "cluster A, node 1, its sandbox",
+            ),
+            (
+                owner(&ca, node, &s3),
+                want(&[]),
+                "cluster A, node 1, cluster B's sandbox",
+            ),
         ];
         for (o, want, what) in cases {
             let got = ids(&*p, &o).await?;
@@ -203,7 +242,11 @@ pub async fn failed_create_cleanup(f: &dyn Fixture, node: &str) -> Check {
         Ok(k) => k,
         Err(why) => return Ok(Outcome::NotApplicable(why)),
     };
-    match f.provider().create_instance(f.request(&instance_name(), owner("", node, &unique("sb")))).await {
+    match f
+        .provider()
+        .create_instance(f.request(&instance_name(), owner("", node, &unique("sb"))))
+        .await
+    {
         Ok(i) => return Err(format!("the create the stand-in broke succeeded: {i:?}")),
         Err(e) => ensure!(e.kind == kind, "kind {:?}, want {kind:?}: {e}", e.kind),
     }
@@ -219,7 +262,9 @@ pub async fn error_kinds(f: &dyn Fixture, node: &str) -> Check {
         ));
     }
     for i in inj {
-        f.inject(&i).await.map_err(|e| format!("inject {}: {e}", i.what))?;
+        f.inject(&i)
+            .await
+            .map_err(|e| format!("inject {}: {e}", i.what))?;
         let r = f
             .provider()
             .create_instance(f.request(&instance_name(), owner("", node, &unique("sb"))))
@@ -229,9 +274,20 @@ pub async fn error_kinds(f: &dyn Fixture, node: &str) -> Check {
             Ok(inst) => return Err(format!("{}: create succeeded: {inst:?}", i.what)),
             Err(e) => e,
         };
-        ensure!(e.kind == i.kind, "{}: kind {:?}, want {:?}: {e}", i.what, e.kind, i.kind);
+        ensure!(
+            e.kind == i.kind,
+            "{}: kind {:?}, want {:?}: {e}",
+            i.what,
+            e.kind,
+            i.kind
+        );
         if let Some(code) = &i.code {
-            ensure!(e.code.as_ref() == Some(code), "{}: code {:?}, want {code}: {e}", i.what, e.code);
+            ensure!(
+                e.code.as_ref() == Some(code),
+                "{}: code {:?}, want {code}: {e}",
+                i.what,
+                e.code
+            );
         }
         ensure!(
             e.message.contains(&i.message_part),
@@ -239,7 +295,11 @@ pub async fn error_kinds(f: &dyn Fixture, node: &str) -> Check {
             i.what,
             i.message_part
         );
-        ensure!(e.retryable() == i.kind.retryable(), "{}: retryable mismatch", i.what);
+        ensure!(
+            e.retryable() == i.kind.retryable(),
+            "{}: retryable mismatch",
+            i.what
+        );
         nothing_left(f, node, &format!("after {}", i.what)).await?;
     }
     Ok(Outcome::Passed)
@@ -266,12 +326,24 @@ pub async fn concurrent_creates(f: &dyn Fixture, node: &str) -> Check {
             Err(e) => errors.push(e.to_string()),
         }
     }
-    ensure!(errors.is_empty(), "{} of {n} concurrent creates failed: {errors:?}", errors.len());
+    ensure!(
+        errors.is_empty(),
+        "{} of {n} concurrent creates failed: {errors:?}",
+        errors.len()
+    );
     let listed = ids(&*p, &owner("", node, "")).await?;
-    ensure!(listed == made, "listed {} instances, created {n}: {listed:?} vs {made:?}", listed.len());
+    ensure!(
+        listed == made,
+        "listed {} instances, created {n}: {listed:?} vs {made:?}",
+        listed.len()
+    );
     let dels = futures::future::join_all(made.iter().map(|id| {
         let p = Arc::clone(&p);
-        async move { p.delete_instance(id).await.map_err(|e| format!("{id}: {e}")) }
+        async move {
+            p.delete_instance(id)
+                .await
+                .map_err(|e| format!("{id}: {e}"))
+        }
     }))
     .await;
     let failed: Vec<String> = dels.into_iter().filter_map(Result::err).collect();
@@ -318,7 +390,11 @@ async fn deadline_stalled(f: &dyn Fixture, node: &str, limit: Duration) -> Resul
     let t = Instant::now();
     let r = tokio::time::timeout(cap, p.list_instances(&owner("", node, ""))).await;
     match r {
-        Err(_) => return Err(format!("list did not return within {cap:?} (deadline {limit:?})")),
+        Err(_) => {
+            return Err(format!(
+                "list did not return within {cap:?} (deadline {limit:?})"
+            ))
+        }
         Ok(Ok(v)) => return Err(format!("list answered {v:?} while the backend was stalled")),
         Ok(Err(e)) => ensure!(e.retryable(), "list's deadline error is not retryable: {e}"),
     }
@@ -326,9 +402,20 @@ async fn deadline_stalled(f: &dyn Fixture, node: &str, limit: Duration) -> Resul
     let t = Instant::now();
     let req = f.request(&instance_name(), owner("", node, &unique("sb")));
     match tokio::time::timeout(cap, p.create_instance(req)).await {
-        Err(_) => return Err(format!("create did not return within {cap:?} (deadline {limit:?})")),
-        Ok(Ok(i)) => return Err(format!("create answered {i:?} while the backend was stalled")),
-        Ok(Err(e)) => ensure!(e.retryable(), "create's deadline error is not retryable: {e}"),
+        Err(_) => {
+            return Err(format!(
+                "create did not return within {cap:?} (deadline {limit:?})"
+            ))
+        }
+        Ok(Ok(i)) => {
+            return Err(format!(
+                "create answered {i:?} while the backend was stalled"
+            ))
+        }
+        Ok(Err(e)) => ensure!(
+            e.retryable(),
+            "create's deadline error is not retryable: {e}"
+        ),
     }
     tracing::info!(?limit, ?listed_in, created_in = ?t.elapsed(), "deadline honoured");
     Ok(())

@@ -160,7 +160,10 @@ pub struct Report {
 
 impl Report {
     pub fn outcome(&self, check: &str) -> Option<&Outcome> {
-        self.results.iter().find(|(c, _)| *c == check).map(|(_, o)| o)
+        self.results
+            .iter()
+            .find(|(c, _)| *c == check)
+            .map(|(_, o)| o)
     }
 
     /// Panics (with the whole report) unless every check passed except
@@ -184,9 +187,9 @@ impl Report {
                 Outcome::Passed if known => bad.push(format!(
                     "{c} passes now: remove it from the test's known failures"
                 )),
-                Outcome::NotApplicable(why) if !expect_na => {
-                    bad.push(format!("{c} did not run ({why}) but the test expects it to"))
-                }
+                Outcome::NotApplicable(why) if !expect_na => bad.push(format!(
+                    "{c} did not run ({why}) but the test expects it to"
+                )),
                 Outcome::Failed(why) if !known => bad.push(format!("{c} FAILED: {why}")),
                 _ => {}
             }

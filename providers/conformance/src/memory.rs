@@ -38,7 +38,10 @@ impl Default for MemoryProvider {
 }
 
 fn poisoned() -> ProviderError {
-    ProviderError::new(ErrorKind::Transient, "memory provider: instance table poisoned")
+    ProviderError::new(
+        ErrorKind::Transient,
+        "memory provider: instance table poisoned",
+    )
 }
 
 impl MemoryProvider {
@@ -106,14 +109,22 @@ impl Provider for MemoryProvider {
             return Err(e);
         }
         if req.name.trim().is_empty() {
-            return Err(ProviderError::new(ErrorKind::InvalidRequest, "empty instance name"));
+            return Err(ProviderError::new(
+                ErrorKind::InvalidRequest,
+                "empty instance name",
+            ));
         }
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         let id = format!("m-{n:08}");
         let inst = Instance {
             id: id.clone(),
             name: req.name.clone(),
-            ips: vec![IpAddr::V4(Ipv4Addr::new(127, 77, (n / 250 % 250) as u8, (n % 250 + 1) as u8))],
+            ips: vec![IpAddr::V4(Ipv4Addr::new(
+                127,
+                77,
+                (n / 250 % 250) as u8,
+                (n % 250 + 1) as u8,
+            ))],
             tags: req.all_tags(),
             instance_type: req.machine_type.clone(),
         };
@@ -159,7 +170,10 @@ impl Provider for MemoryProvider {
 
     async fn verify(&self) -> Result<Vec<String>, ProviderError> {
         self.unstalled().await;
-        Ok(vec![format!("memory provider holding {} instances", self.len())])
+        Ok(vec![format!(
+            "memory provider holding {} instances",
+            self.len()
+        )])
     }
 
     async fn console_tail(&self, instance_id: &str) -> Option<String> {
@@ -233,7 +247,11 @@ impl crate::Fixture for MemoryFixture {
         self.backend
             .list_instances(&crate::owner("", node, ""))
             .await
-            .map(|v| v.into_iter().map(|i| format!("instance {}", i.id)).collect())
+            .map(|v| {
+                v.into_iter()
+                    .map(|i| format!("instance {}", i.id))
+                    .collect()
+            })
             .unwrap_or_else(|e| vec![format!("cannot list the backend: {e}")])
     }
 

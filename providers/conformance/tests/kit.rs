@@ -43,8 +43,18 @@ impl Provider for Broken {
     }
     async fn delete_instance(&self, id: &str) -> Result<(), ProviderError> {
         match self.rule {
-            "delete of unknown fails" if !self.inner.list_instances(&OwnerTags::default()).await?.iter().any(|i| i.id == id) => {
-                Err(ProviderError::new(peerpod_provider_api::ErrorKind::NotFound, "no such instance"))
+            "delete of unknown fails"
+                if !self
+                    .inner
+                    .list_instances(&OwnerTags::default())
+                    .await?
+                    .iter()
+                    .any(|i| i.id == id) =>
+            {
+                Err(ProviderError::new(
+                    peerpod_provider_api::ErrorKind::NotFound,
+                    "no such instance",
+                ))
             }
             "empty id deletes everything" if id.trim().is_empty() => Ok(()),
             _ => self.inner.delete_instance(id).await,

@@ -30,7 +30,11 @@ fn sh(cmd: &str) -> String {
 fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let p = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(p.exists(), "{} is missing: build the workspace binaries first (scripts/test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace binaries first (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -80,7 +84,10 @@ impl LocalFixture {
         let d = self.dir.path();
         write_exe(
             &d.join("forwarder"),
-            &format!("#!/bin/sh\nexec {} \"$@\"\n", bin("agent-protocol-forwarder").display()),
+            &format!(
+                "#!/bin/sh\nexec {} \"$@\"\n",
+                bin("agent-protocol-forwarder").display()
+            ),
             0o755,
         );
         write_exe(
@@ -96,7 +103,11 @@ impl LocalFixture {
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             if let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) {
                 if cwd.starts_with(root) {
-                    out.push(format!("process {} in {}", e.file_name().to_string_lossy(), cwd.display()));
+                    out.push(format!(
+                        "process {} in {}",
+                        e.file_name().to_string_lossy(),
+                        cwd.display()
+                    ));
                 }
             }
         }
@@ -107,12 +118,20 @@ impl LocalFixture {
 impl Drop for LocalFixture {
     fn drop(&mut self) {
         for p in self.processes() {
-            if let Some(pid) = p.split_whitespace().nth(1).and_then(|s| s.parse::<i32>().ok()) {
+            if let Some(pid) = p
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse::<i32>().ok())
+            {
                 // SAFETY: a plain syscall on a pid whose cwd is in our tempdir.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        for e in std::fs::read_dir(self.dir.path().join("state/instances")).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(self.dir.path().join("state/instances"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let id = e.file_name().to_string_lossy().into_owned();
             if id.len() > 1 {
                 sh(&format!(
@@ -149,7 +168,11 @@ impl Fixture for LocalFixture {
     async fn fail_next_create(&self) -> Result<ErrorKind, String> {
         // Exists and is executable, but exec fails: the create has made
         // the namespace, the veth and the agent by then.
-        write_exe(&self.dir.path().join("forwarder"), "#!/nonexistent/interpreter\n", 0o755);
+        write_exe(
+            &self.dir.path().join("forwarder"),
+            "#!/nonexistent/interpreter\n",
+            0o755,
+        );
         Ok(ErrorKind::InvalidConfig)
     }
 
@@ -164,7 +187,8 @@ impl Fixture for LocalFixture {
 
     async fn inject(&self, _i: &Injection) -> Result<(), String> {
         let p = self.dir.path().join("agent");
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).map_err(|e| e.to_string())
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| e.to_string())
     }
 
     async fn clear(&self) {
@@ -179,9 +203,12 @@ impl Fixture for LocalFixture {
             .map(|e| format!("instance directory {}", e.file_name().to_string_lossy()))
             .collect();
         out.extend(
-            sh(&format!("ip -o link show master {} 2>/dev/null", self.bridge))
-                .lines()
-                .map(|l| format!("link on the bridge: {l}")),
+            sh(&format!(
+                "ip -o link show master {} 2>/dev/null",
+                self.bridge
+            ))
+            .lines()
+            .map(|l| format!("link on the bridge: {l}")),
         );
         if !sh(&format!("ip -o link show {} 2>/dev/null", self.bridge)).is_empty() {
             out.push(format!("bridge {}", self.bridge));

@@ -48,10 +48,16 @@ struct ChildPlugin(Child);
 impl ChildPlugin {
     async fn start(sock: &Path, stall: bool) -> Self {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["--exact", "plugin_child", "--nocapture", "--test-threads", "1"])
-            .env(CHILD_ENV, sock)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--exact",
+            "plugin_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_ENV, sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         if stall {
             cmd.env("PEERPOD_TEST_PLUGIN_CHILD_STALL", "1");
         }
@@ -121,7 +127,10 @@ where
 
 fn assert_named(e: &ProviderError, sock: &Path, parts: &[&str]) {
     let s = e.to_string();
-    assert!(s.contains(&sock.display().to_string()), "names the socket: {s}");
+    assert!(
+        s.contains(&sock.display().to_string()),
+        "names the socket: {s}"
+    );
     assert!(s.contains("plugin"), "says plugin: {s}");
     for p in parts {
         assert!(s.contains(p), "{p:?} in {s}");
@@ -143,7 +152,10 @@ async fn a_plugin_that_hangs_gives_a_named_timeout() {
     let c = client(&sock, Duration::from_secs(5));
     let t = Instant::now();
     let e = c.list_instances(&node("n1")).await.unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(5), "bounded by the connect timeout");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "bounded by the connect timeout"
+    );
     assert_eq!(e.kind, ErrorKind::Transient, "{e}");
     assert_eq!(e.code.as_deref(), Some("PluginTimeout"), "{e}");
     assert_named(&e, &sock, &["Handshake", "hangs"]);
@@ -162,7 +174,11 @@ async fn a_plugin_that_hangs_gives_a_named_timeout() {
     let e = c.create_instance(req("sbhang")).await.unwrap_err();
     assert_eq!(e.code.as_deref(), Some("PluginTimeout"), "{e}");
     assert!(e.retryable());
-    assert_named(&e, &sock, &["CreateInstance", "did not answer within 800ms"]);
+    assert_named(
+        &e,
+        &sock,
+        &["CreateInstance", "did not answer within 800ms"],
+    );
     // The plugin answers again: the same client works.
     m.stall(false);
     let i = c.create_instance(req("sbok")).await.unwrap();
@@ -186,7 +202,10 @@ async fn a_plugin_crashing_mid_call_is_named_and_a_restarted_one_is_used() {
     let t = Instant::now();
     child.kill();
     let e = call.await.unwrap().unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(10), "the crash ends the call at once");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the crash ends the call at once"
+    );
     assert_eq!(e.kind, ErrorKind::Transient, "{e}");
     assert_eq!(e.code.as_deref(), Some("PluginUnavailable"), "{e}");
     assert_named(&e, &sock, &["CreateInstance failed"]);
@@ -215,7 +234,10 @@ async fn a_restart_between_calls_is_invisible_to_the_caller() {
         // Every call of every kind works first time after a restart
         // (CreateInstance included: the request never left on the dead
         // connection, so sending it on the new one is safe).
-        let i = c.create_instance(req(&format!("sbr{round}"))).await.unwrap();
+        let i = c
+            .create_instance(req(&format!("sbr{round}")))
+            .await
+            .unwrap();
         assert_eq!(c.list_instances(&node("n1")).await.unwrap().len(), 1);
         c.delete_instance(&i.id).await.unwrap();
         child.kill();
@@ -229,8 +251,16 @@ async fn a_socket_answering_garbage_is_named() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     for (name, reply) in [
-        ("http1", b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec()),
-        ("random", (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()),
+        (
+            "http1",
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        ),
+        (
+            "random",
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+        ),
     ] {
         let sock = dir.path().join(format!("{name}.sock"));
         let l = tokio::net::UnixListener::bind(&sock).unwrap();
@@ -248,7 +278,10 @@ async fn a_socket_answering_garbage_is_named() {
         let c = client(&sock, Duration::from_secs(5));
         let t = Instant::now();
         let e = c.verify().await.unwrap_err();
-        assert!(t.elapsed() < Duration::from_secs(5), "{name}: fails fast, no hang");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{name}: fails fast, no hang"
+        );
         assert_eq!(e.code.as_deref(), Some("PluginUnavailable"), "{name}: {e}");
         assert_named(&e, &sock, &["does not speak gRPC"]);
         srv.abort();
@@ -288,7 +321,8 @@ impl pb::provider_server::Provider for OldPlugin {
     ) -> Result<Response<pb::DeleteInstanceReply>, Status> {
         self.inner.delete_instance(r).await
     }
-    type ListInstancesStream = <ProviderService as pb::provider_server::Provider>::ListInstancesStream;
+    type ListInstancesStream =
+        <ProviderService as pb::provider_server::Provider>::ListInstancesStream;
     async fn list_instances(
         &self,
         r: Request<pb::ListInstancesRequest>,
@@ -309,14 +343,25 @@ impl pb::provider_server::Provider for OldPlugin {
     }
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_or_foreign_protocol_is_refused_with_both_versions() {
     let dir = tempfile::tempdir().unwrap();
     for (version, parts, fix) in [
-        (Some(0u32), vec!["oldcloud", "speaks provider protocol v0", "v1..=v1"], "upgrade the plugin"),
-        (Some(7), vec!["oldcloud", "speaks provider protocol v7"], "downgrade the plugin"),
-        (None, vec!["does not answer Handshake", "predates provider protocol v1"], ""),
+        (
+            Some(0u32),
+            vec!["oldcloud", "speaks provider protocol v0", "v1..=v1"],
+            "upgrade the plugin",
+        ),
+        (
+            Some(7),
+            vec!["oldcloud", "speaks provider protocol v7"],
+            "downgrade the plugin",
+        ),
+        (
+            None,
+            vec!["does not answer Handshake", "predates provider protocol v1"],
+            "",
+        ),
     ] {
         let sock: PathBuf = dir.path().join(format!("v{version:?}.sock"));
         let m = Arc::new(MemoryProvider::new());
@@ -337,6 +382,9 @@ async fn an_old_or_foreign_protocol_is_refused_with_both_versions() {
             assert_named(&e, &sock, &parts);
             assert!(e.to_string().contains(fix), "{e}");
         }
-        assert!(m.is_empty(), "nothing was created through an unchecked plugin");
+        assert!(
+            m.is_empty(),
+            "nothing was created through an unchecked plugin"
+        );
     }
 }

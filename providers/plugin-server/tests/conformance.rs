@@ -42,7 +42,9 @@ async fn the_plugin_hop_passes_the_whole_kit() {
     let text = client.metrics().render();
     assert!(text.contains("peerpod_plugin_connects_total 1"), "{text}");
     assert!(
-        text.contains("peerpod_plugin_call_failures_total{method=\"ListInstances\",kind=\"transient\"} 1"),
+        text.contains(
+            "peerpod_plugin_call_failures_total{method=\"ListInstances\",kind=\"transient\"} 1"
+        ),
         "{text}"
     );
     assert!(

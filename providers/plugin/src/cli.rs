@@ -20,7 +20,11 @@ pub struct Args {
     )]
     pub provider_socket: PathBuf,
     /// Seconds each plugin call may take (0: no limit besides PEERPOD_PROVIDER_TIMEOUT).
-    #[arg(long = "plugin-timeout", env = "PEERPOD_PLUGIN_TIMEOUT", default_value_t = 600)]
+    #[arg(
+        long = "plugin-timeout",
+        env = "PEERPOD_PLUGIN_TIMEOUT",
+        default_value_t = 600
+    )]
     pub call_timeout: u64,
     /// Seconds connecting to the plugin and its handshake may take.
     #[arg(
@@ -30,7 +34,11 @@ pub struct Args {
     )]
     pub connect_timeout: u64,
     /// Seconds to wait at start-up for the plugin's socket to answer (a sidecar may start later).
-    #[arg(long = "plugin-start-wait", env = "PEERPOD_PLUGIN_START_WAIT", default_value_t = 30)]
+    #[arg(
+        long = "plugin-start-wait",
+        env = "PEERPOD_PLUGIN_START_WAIT",
+        default_value_t = 30
+    )]
     pub start_wait: u64,
 }
 
@@ -83,7 +91,10 @@ mod tests {
     #[test]
     fn defaults_and_zero_timeout() {
         let c = Cli::parse_from(["x"]);
-        assert_eq!(c.a.provider_socket, PathBuf::from("/run/peerpod/provider.sock"));
+        assert_eq!(
+            c.a.provider_socket,
+            PathBuf::from("/run/peerpod/provider.sock")
+        );
         let cfg = c.a.config();
         assert_eq!(cfg.call_timeout, Duration::from_secs(600));
         assert_eq!(cfg.connect_timeout, Duration::from_secs(5));
@@ -113,6 +124,9 @@ mod tests {
         };
         let e = c.a.build(&ctx).await.err().expect("no plugin");
         let s = e.to_string();
-        assert!(s.contains("plugin") && s.contains("none.sock") && s.contains("cannot connect"), "{s}");
+        assert!(
+            s.contains("plugin") && s.contains("none.sock") && s.contains("cannot connect"),
+            "{s}"
+        );
     }
 }

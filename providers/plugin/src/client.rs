@@ -129,7 +129,9 @@ impl PluginProvider {
         loop {
             match self.conn().await {
                 Ok(c) => return Ok(c.info.clone()),
-                Err(e) if e.code.as_deref() == Some("PluginUnavailable") && Instant::now() < until => {
+                Err(e)
+                    if e.code.as_deref() == Some("PluginUnavailable") && Instant::now() < until =>
+                {
                     tracing::debug!(error = %e, "waiting for the provider plugin");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -190,18 +192,19 @@ impl PluginProvider {
         let limit = self.cfg.connect_timeout;
         // The URI is required by the API and unused: the connector dials
         // the socket.
-        let endpoint = Endpoint::from_static("http://provider-plugin.invalid").connect_timeout(limit);
-        let channel = match tokio::time::timeout(limit, endpoint.connect_with_connector(connector)).await
-        {
-            Ok(Ok(ch)) => ch,
-            Ok(Err(e)) => {
-                return Err(unavailable(format!(
-                    "cannot connect: {} (is the plugin running?)",
-                    error_chain(&e)
-                )))
-            }
-            Err(_) => return Err(unavailable(format!("no connection within {limit:?}"))),
-        };
+        let endpoint =
+            Endpoint::from_static("http://provider-plugin.invalid").connect_timeout(limit);
+        let channel =
+            match tokio::time::timeout(limit, endpoint.connect_with_connector(connector)).await {
+                Ok(Ok(ch)) => ch,
+                Ok(Err(e)) => {
+                    return Err(unavailable(format!(
+                        "cannot connect: {} (is the plugin running?)",
+                        error_chain(&e)
+                    )))
+                }
+                Err(_) => return Err(unavailable(format!("no connection within {limit:?}"))),
+            };
         let mut client = ProviderClient::new(channel);
         let mut req = Request::new(pb::HandshakeRequest {
             protocol_version: pb::PROTOCOL_VERSION,
@@ -292,7 +295,12 @@ impl PluginProvider {
 
     /// Runs one call with the deadline, the reconnect rules of the module
     /// doc and the metrics.
-    async fn call<T, F, Fut>(&self, method: &'static str, repeatable: bool, f: F) -> Result<T, ProviderError>
+    async fn call<T, F, Fut>(
+        &self,
+        method: &'static str,
+        repeatable: bool,
+        f: F,
+    ) -> Result<T, ProviderError>
     where
         F: Fn(ProviderClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Answer<T>>,
@@ -373,7 +381,11 @@ impl PluginProvider {
         };
         ProviderError::new(
             kind,
-            format!("{}: {method} failed: {detail} (gRPC {:?})", self.who(), s.code()),
+            format!(
+                "{}: {method} failed: {detail} (gRPC {:?})",
+                self.who(),
+                s.code()
+            ),
         )
         .with_code(code)
     }
@@ -430,10 +442,17 @@ impl Provider for PluginProvider {
         self.call("CreateInstance", false, |mut c, left| {
             let msg = msg.clone();
             async move {
-                let r = c.create_instance(with_timeout(msg, left)).await?.into_inner();
+                let r = c
+                    .create_instance(with_timeout(msg, left))
+                    .await?
+                    .into_inner();
                 Ok(match r.result {
-                    Some(pb::create_instance_reply::Result::Instance(i)) => wire::instance_from_pb(i),
-                    Some(pb::create_instance_reply::Result::Error(e)) => Err(wire::error_from_pb(e)),
+                    Some(pb::create_instance_reply::Result::Instance(i)) => {
+                        wire::instance_from_pb(i)
+                    }
+                    Some(pb::create_instance_reply::Result::Error(e)) => {
+                        Err(wire::error_from_pb(e))
+                    }
                     None => Err(ProviderError::new(
                         ErrorKind::Permanent,
                         "CreateInstance answered neither an instance nor an error",
@@ -453,7 +472,10 @@ impl Provider for PluginProvider {
         self.call("DeleteInstance", true, |mut c, left| {
             let msg = msg.clone();
             async move {
-                let r = c.delete_instance(with_timeout(msg, left)).await?.into_inner();
+                let r = c
+                    .delete_instance(with_timeout(msg, left))
+                    .await?
+                    .into_inner();
                 Ok(match r.error {
                     None => Ok(()),
                     Some(e) => Err(wire::error_from_pb(e)),
@@ -470,7 +492,10 @@ impl Provider for PluginProvider {
         self.call("ListInstances", true, |mut c, left| {
             let msg = msg.clone();
             async move {
-                let mut stream = c.list_instances(with_timeout(msg, left)).await?.into_inner();
+                let mut stream = c
+                    .list_instances(with_timeout(msg, left))
+                    .await?
+                    .into_inner();
                 let mut out = Vec::new();
                 while let Some(item) = stream.message().await? {
                     match item.result {

@@ -146,7 +146,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("peerpod_plugin_call_duration_seconds_count{method=\"CreateInstance\"} 2"),
+            text.contains(
+                "peerpod_plugin_call_duration_seconds_count{method=\"CreateInstance\"} 2"
+            ),
             "{text}"
         );
         assert!(text.contains("peerpod_plugin_connects_total 1"), "{text}");

@@ -206,7 +206,10 @@ mod tests {
             machine_type: None,
             user_data: b"#cloud-config\n".to_vec(),
         };
-        assert_eq!(request_from_pb(Some(request_to_pb(req.clone()))).unwrap(), req);
+        assert_eq!(
+            request_from_pb(Some(request_to_pb(req.clone()))).unwrap(),
+            req
+        );
         assert_eq!(
             request_from_pb(None).unwrap_err().kind,
             ErrorKind::InvalidRequest
@@ -219,7 +222,10 @@ mod tests {
             tags: extra,
             instance_type: Some("m6a.large".into()),
         };
-        assert_eq!(instance_from_pb(instance_to_pb(inst.clone())).unwrap(), inst);
+        assert_eq!(
+            instance_from_pb(instance_to_pb(inst.clone())).unwrap(),
+            inst
+        );
     }
 
     #[test]
@@ -233,7 +239,10 @@ mod tests {
         });
         bad.ips.push("10.0.0.300".into());
         let e = instance_from_pb(bad.clone()).unwrap_err();
-        assert!(e.message.contains("i-9") && e.message.contains("10.0.0.300"), "{e}");
+        assert!(
+            e.message.contains("i-9") && e.message.contains("10.0.0.300"),
+            "{e}"
+        );
         bad.ips.clear();
         bad.id = " ".into();
         let e = instance_from_pb(bad).unwrap_err();

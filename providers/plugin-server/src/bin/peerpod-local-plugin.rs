@@ -13,10 +13,18 @@ use std::path::PathBuf;
 #[command(version, about = "The local provider as a provider plugin (example)")]
 struct Cli {
     /// The unix socket to serve on.
-    #[arg(long, env = "PEERPOD_PROVIDER_SOCKET", default_value = "/run/peerpod/provider.sock")]
+    #[arg(
+        long,
+        env = "PEERPOD_PROVIDER_SOCKET",
+        default_value = "/run/peerpod/provider.sock"
+    )]
     socket: PathBuf,
     /// State directory (the local provider keeps its instances in <state dir>/local).
-    #[arg(long, env = "PEERPOD_STATE_DIR", default_value = "/var/lib/peerpod-local-plugin")]
+    #[arg(
+        long,
+        env = "PEERPOD_STATE_DIR",
+        default_value = "/var/lib/peerpod-local-plugin"
+    )]
     state_dir: PathBuf,
     #[command(flatten)]
     local: peerpod_provider_local::cli::Args,
