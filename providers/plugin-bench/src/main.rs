@@ -5,8 +5,11 @@
 //! alternating blocks of calls so both see the same machine noise, and
 //! prints p50/p99 of each and the added latency.
 //!
-//! `cargo build --release -p peerpod-tests --bin peerpod-plugin-bench &&
-//!  target/release/peerpod-plugin-bench`
+//! `cargo build --release -p peerpod-plugin-bench &&
+//!  $CARGO_TARGET_DIR/release/peerpod-plugin-bench`
+//!
+//! A crate of its own so its release build compiles only the plugin
+//! protocol, not the adaptor.
 
 use anyhow::Context;
 use clap::Parser;
