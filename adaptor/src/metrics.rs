@@ -1,6 +1,8 @@
 //! The adaptor's Prometheus metrics: sandboxes by phase, StartVM and
 //! StopVM durations, provider errors by kind, orphans collected, relayed
-//! bytes and open relay connections. Kept in one registry, rendered in
+//! bytes and open relay connections; plus the series other parts add
+//! (a provider's own, e.g. the plugin client's per-call metrics, through
+//! [`Metrics::register_collector`]). Kept in one registry, rendered in
 //! the text format by [`crate::probes`] at `/metrics`.
 
 use prometheus_client::encoding::EncodeLabelSet;

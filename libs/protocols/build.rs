@@ -1,4 +1,6 @@
-//! Generates rust-protobuf messages and async ttrpc services from protos/.
+//! Generates rust-protobuf messages and async ttrpc services from protos/,
+//! and (feature `provider-grpc`) the prost messages and tonic client and
+//! server of the provider plugin protocol.
 use std::path::PathBuf;
 
 fn main() {
@@ -42,4 +44,25 @@ fn main() {
             std::fs::write(&path, kept.join("\n")).expect("rewrite generated file");
         }
     }
+    #[cfg(feature = "provider-grpc")]
+    provider_grpc(&out);
+}
+
+/// tonic-prost-build with the protoc binary a registry package ships, so
+/// no system protoc is needed. Written to `OUT_DIR/grpc/`, apart from the
+/// ttrpc files rewritten above.
+#[cfg(feature = "provider-grpc")]
+fn provider_grpc(out: &std::path::Path) {
+    let proto = "protos/provider.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let protoc = protoc_bin_vendored::protoc_bin_path().expect("protoc-bin-vendored has a protoc");
+    // SAFETY: build scripts are single-threaded; prost-build reads PROTOC.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+    let dir = out.join("grpc");
+    std::fs::create_dir_all(&dir).expect("create OUT_DIR/grpc");
+    tonic_prost_build::configure()
+        .out_dir(&dir)
+        .btree_map(".")
+        .compile_protos(&[proto], &["protos"])
+        .expect("generating the provider plugin gRPC code from protos/provider.proto failed");
 }

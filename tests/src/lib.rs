@@ -13,4 +13,5 @@ pub mod kube_apiserver;
 #[cfg(feature = "libvirt")]
 pub mod libvirt_env;
 pub mod local_world;
+pub mod plugin_env;
 pub mod process_provider;

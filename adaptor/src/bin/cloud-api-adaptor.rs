@@ -37,11 +37,24 @@ enum ProviderCmd {
     /// Pod VMs are Azure confidential VMs (SEV-SNP unless DISABLECVM=true).
     #[cfg(feature = "azure")]
     Azure(Box<peerpod_provider_azure::cli::Args>),
+    /// An out-of-process provider (any language) serving the provider plugin protocol on a unix socket.
+    Plugin(peerpod_provider_plugin::cli::Args),
 }
 
 impl ProviderCmd {
-    async fn build(self, ctx: &BuildContext) -> Result<Arc<dyn Provider>, BuildError> {
+    /// The provider, and extensions it brings (its own metrics).
+    async fn build(
+        self,
+        ctx: &BuildContext,
+        ext: &mut Extensions,
+    ) -> Result<Arc<dyn Provider>, BuildError> {
         match self {
+            ProviderCmd::Plugin(a) => {
+                let (p, metrics) = a.build_with_metrics(ctx).await?;
+                ext.metrics
+                    .push(Box::new(move |r| r.register_collector(Box::new(metrics))));
+                Ok(p)
+            }
             ProviderCmd::Local(a) => a.build(ctx).await,
             #[cfg(feature = "aws")]
             ProviderCmd::Aws(a) => a.build(ctx).await,
@@ -75,7 +88,8 @@ fn main() -> anyhow::Result<()> {
         let ctx = BuildContext {
             state_dir: cli.global.paths.state_dir.clone(),
         };
-        let provider = cli.provider.build(&ctx).await?;
+        let mut ext = Extensions::default();
+        let provider = cli.provider.build(&ctx, &mut ext).await?;
         let checks = provider
             .verify()
             .await
@@ -96,7 +110,6 @@ fn main() -> anyhow::Result<()> {
         }
         // Kubernetes (Events, PeerPods, the default cluster id) before the
         // daemon starts, so instances get the cluster id from the first.
-        let mut ext = Extensions::default();
         if let Some(k) =
             cloud_api_adaptor::kube::setup(&kube_args, &mut cfg, provider.name()).await?
         {
