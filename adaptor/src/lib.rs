@@ -16,6 +16,7 @@ pub mod manager;
 pub mod metrics;
 pub mod orphans;
 pub mod pod_network;
+pub mod pool;
 pub mod probes;
 pub mod provider_timeout;
 pub mod readiness;
