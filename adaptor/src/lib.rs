@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod framing_guard;
+pub mod keepalive;
 pub mod lifecycle;
 pub mod manager;
 pub mod metrics;
