@@ -177,6 +177,7 @@ impl AdaptorProcess {
         cfg.user_data_bin = bin_path("process-user-data");
         cfg.bridge = self.bridge.clone();
         cfg.subnet = self.subnet;
+        cfg.prefix_len = 24;
         LocalProvider::new(cfg).expect("local provider config")
     }
 

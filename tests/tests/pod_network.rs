@@ -79,6 +79,7 @@ async fn peer_on_the_cni_bridge_reaches_the_sandbox_through_the_tunnel() {
     lc.user_data_bin = bin_path("process-user-data");
     lc.bridge = bridge.clone();
     lc.subnet = "10.217.3.0".parse().unwrap();
+    lc.prefix_len = 24;
     cfg.worker_ip = Some(lc.gateway().into());
     cfg.start_timeout = Duration::from_secs(30);
     let provider = Arc::new(LocalProvider::new(lc).unwrap());

@@ -223,9 +223,11 @@ pub fn parse_keys(
                         initdata = Some(text);
                     }
                 },
-                other => return Err(bad(format!(
+                other => {
+                    return Err(bad(format!(
                     "unknown field {other:?} (machine_type, vcpus, memory, image, initdata, size)"
-                ))),
+                )))
+                }
             }
         }
         if out.iter().any(|s: &KeySpec| s.key == key) {

@@ -96,11 +96,22 @@ pub async fn port_count(h: &Handle, index: u32) -> Result<usize, LinkError> {
     Ok(n)
 }
 
-async fn add_address(h: &Handle, index: u32, ip: Ipv4Addr, what: &str) -> Result<(), LinkError> {
-    match h.address().add(index, IpAddr::V4(ip), 24).execute().await {
+async fn add_address(
+    h: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+    what: &str,
+) -> Result<(), LinkError> {
+    match h
+        .address()
+        .add(index, IpAddr::V4(ip), prefix_len)
+        .execute()
+        .await
+    {
         Ok(()) => Ok(()),
         Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
-        Err(e) => Err(err(format!("add address {ip}/24 to {what}"))(e)),
+        Err(e) => Err(err(format!("add address {ip}/{prefix_len} to {what}"))(e)),
     }
 }
 
@@ -112,10 +123,15 @@ async fn up(h: &Handle, index: u32, what: &str) -> Result<(), LinkError> {
         .map_err(err(format!("bring {what} up")))
 }
 
-/// Makes sure the bridge exists, is up and carries `ip`/24; returns its
-/// index. A link of that name that is not a bridge is an error (and is
-/// left alone).
-pub async fn ensure_bridge(h: &Handle, name: &str, ip: Ipv4Addr) -> Result<u32, LinkError> {
+/// Makes sure the bridge exists, is up and carries `ip`/`prefix_len`;
+/// returns its index. A link of that name that is not a bridge is an
+/// error (and is left alone).
+pub async fn ensure_bridge(
+    h: &Handle,
+    name: &str,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<u32, LinkError> {
     let index = match get(h, name).await? {
         Some(l) if is_bridge(&l) => l.header.index,
         Some(_) => {
@@ -135,7 +151,7 @@ pub async fn ensure_bridge(h: &Handle, name: &str, ip: Ipv4Addr) -> Result<u32, 
             })?
         }
     };
-    add_address(h, index, ip, name).await?;
+    add_address(h, index, ip, prefix_len, name).await?;
     up(h, index, &format!("bridge {name}")).await?;
     Ok(index)
 }
@@ -211,9 +227,14 @@ pub async fn attach_veth(
 
 /// Inside the instance namespace (call on a thread that entered it; it
 /// runs its own single-threaded runtime): renames `peer` to `eth0`, gives
-/// it `ip`/24, brings it and `lo` up and routes everything else via
-/// `gateway` (the bridge), as a cloud VM's network is set up.
-pub fn configure_inside(peer: &str, ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), LinkError> {
+/// it `ip`/`prefix_len`, brings it and `lo` up and routes everything else
+/// via `gateway` (the bridge), as a cloud VM's network is set up.
+pub fn configure_inside(
+    peer: &str,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Ipv4Addr,
+) -> Result<(), LinkError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -228,7 +249,7 @@ pub fn configure_inside(peer: &str, ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<(
             .execute()
             .await
             .map_err(err("rename the instance's interface to eth0"))?;
-        add_address(&h, idx, ip, "eth0").await?;
+        add_address(&h, idx, ip, prefix_len, "eth0").await?;
         up(&h, idx, "eth0").await?;
         if let Some(lo) = index_of(&h, "lo").await? {
             up(&h, lo, "lo").await?;
