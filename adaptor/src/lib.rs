@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod framing_guard;
 pub mod keepalive;
 pub mod lifecycle;
+pub mod liveness;
 pub mod manager;
 pub mod metrics;
 pub mod orphans;
