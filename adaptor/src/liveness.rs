@@ -86,9 +86,21 @@ mod tests {
         assert_eq!(t.record("b", false, 3), Verdict::Suspect(1));
         assert_eq!(t.record("a", false, 3), Verdict::Suspect(2));
         assert_eq!(t.record("a", false, 3), Verdict::Dead);
-        assert_eq!(t.record("a", false, 3), Verdict::Suspect(1), "counted afresh");
+        assert_eq!(
+            t.record("a", false, 3),
+            Verdict::Suspect(1),
+            "counted afresh"
+        );
         t.retain(&["a".to_string()]);
-        assert_eq!(t.record("b", false, 3), Verdict::Suspect(1), "b was forgotten");
-        assert_eq!(t.record("c", false, 0), Verdict::Dead, "a limit of 0 acts as 1");
+        assert_eq!(
+            t.record("b", false, 3),
+            Verdict::Suspect(1),
+            "b was forgotten"
+        );
+        assert_eq!(
+            t.record("c", false, 0),
+            Verdict::Dead,
+            "a limit of 0 acts as 1"
+        );
     }
 }

@@ -235,6 +235,9 @@ impl WarmPool {
         let Some(e) = m.get_mut(name) else {
             return Ok(None);
         };
+        if e.state == VmState::Deleting {
+            return Ok(None); // a deletion is under way
+        }
         let mut r = e.record.clone();
         r.phase = PoolPhase::Deleting;
         self.store.save(&r)?;
@@ -243,12 +246,13 @@ impl WarmPool {
         Ok(Some(r))
     }
 
-    /// Puts a record back as `Deleting` (a bound VM that must go after
-    /// all: the sandbox no longer owns it).
+    /// Puts a taken VM's record back, persisted as `Deleting` (a VM a
+    /// StartVM took but could not use: the sandbox lets go of it only
+    /// after this); [`WarmPool::mark_deleting`] then starts its deletion.
     pub fn readopt_for_deletion(&self, mut record: PoolRecord) -> Result<(), PoolStoreError> {
         record.phase = PoolPhase::Deleting;
         self.store.save(&record)?;
-        self.adopt(record, VmState::Deleting);
+        self.adopt(record, VmState::Taken);
         Ok(())
     }
 
@@ -324,6 +328,11 @@ impl WarmPool {
         let mut by_key: HashMap<&PoolKey, Vec<&Entry>> = HashMap::new();
         let mut out = Vec::new();
         for e in m.values() {
+            // Taken but given back for deletion (a StartVM could not use it).
+            if e.state == VmState::Taken && e.record.phase == PoolPhase::Deleting {
+                out.push(e.record.clone());
+                continue;
+            }
             if !matches!(e.state, VmState::Booting | VmState::Ready) {
                 continue;
             }

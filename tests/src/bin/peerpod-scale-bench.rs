@@ -128,7 +128,9 @@ async fn wait_pool_ready(a: &AdaptorProcess, want: usize, limit: Duration) -> an
 
 fn metric_state(text: &str, state: &str) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with("peerpod_warm_pool_vms{") && l.contains(&format!("state=\"{state}\"")))
+        .filter(|l| {
+            l.starts_with("peerpod_warm_pool_vms{") && l.contains(&format!("state=\"{state}\""))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -198,7 +200,10 @@ fn adaptor(args: &Args, pool: usize) -> AdaptorProcess {
             "PEERPODS_WARM_POOL_CREATES_PER_MINUTE".into(),
             args.pool_rate.to_string(),
         ),
-        ("RUST_LOG".into(), "warn,cloud_api_adaptor::daemon=info,cloud_api_adaptor::probes=info".into()),
+        (
+            "RUST_LOG".into(),
+            "warn,cloud_api_adaptor::daemon=info,cloud_api_adaptor::probes=info".into(),
+        ),
     ];
     a
 }
@@ -262,14 +267,20 @@ async fn scale(args: &Args) -> anyhow::Result<()> {
                 }
                 let id = format!("s{i:05}");
                 let took = start_one(&a, &id, plain(&id)).await?;
-                times.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(took);
+                times
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .push(took);
             }
         }));
     }
     for w in workers {
         w.await??;
     }
-    let times = times.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let times = times
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
     let m = metrics(&a).await?;
     println!(
         "scale: {} sandboxes started in {:.1} s with {} StartVMs in flight: StartVM p50 {} p99 {} max {} | pool hits {} misses {}",
@@ -296,7 +307,10 @@ async fn scale(args: &Args) -> anyhow::Result<()> {
             healthy += 1;
         }
     }
-    println!("Health check through every agent socket: {healthy}/{} answered", args.sandboxes);
+    println!(
+        "Health check through every agent socket: {healthy}/{} answered",
+        args.sandboxes
+    );
 
     if args.churn_minutes > 0 {
         churn(args, &a, pid).await?;
@@ -327,7 +341,10 @@ async fn churn(args: &Args, a: &Arc<AdaptorProcess>, pid: u32) -> anyhow::Result
                 gen += 1;
                 let id = format!("c{w:03}-{gen:06}");
                 let took = start_one(&a, &id, plain(&id)).await?;
-                times.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(took);
+                times
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .push(took);
                 current[slot] = id;
                 cycles.fetch_add(1, Ordering::SeqCst);
             }
@@ -353,7 +370,10 @@ async fn churn(args: &Args, a: &Arc<AdaptorProcess>, pid: u32) -> anyhow::Result
     for w in workers {
         w.await??;
     }
-    let times = times.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let times = times
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
     let last = samples.last().copied().unwrap_or(first);
     println!(
         "churn: {} minutes, {} stop+start cycles, StartVM p50 {} p99 {}; adaptor fds {} -> {}, threads {} -> {}, RSS {:.1} -> {:.1} MiB",
