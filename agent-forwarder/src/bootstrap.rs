@@ -84,7 +84,7 @@ async fn ping(fwd: &Forwarder) -> Outcome {
 }
 
 fn write_private(path: &Path, bytes: Vec<u8>) -> std::io::Result<()> {
-    peerpod_provider_api::persist::write_atomic(path, &bytes, 0o600)
+    peerpod_fsutil::write_atomic(path, &bytes, 0o600)
 }
 
 async fn apply_bind(fwd: &Forwarder, payload: &[u8]) -> Outcome {

@@ -303,7 +303,7 @@ async fn scale(args: &Args) -> anyhow::Result<()> {
     let mut healthy = 0;
     for i in 0..args.sandboxes {
         let sock = a.agent_socket(&format!("s{i:05}"));
-        if agent_health(&sock).await.is_ok() {
+        if agent_health(&sock, Duration::from_secs(5)).await.is_ok() {
             healthy += 1;
         }
     }
