@@ -108,6 +108,8 @@ impl Daemon {
         }
         let recovered = manager.recover().await?;
         manager.spawn_orphan_collector();
+        manager.spawn_pool_filler();
+        manager.spawn_liveness_watch();
         let mut server = Server::new()
             .add_listener(crate::framing_guard::listener(
                 listener,
@@ -145,4 +147,29 @@ impl Daemon {
         self.probes.take();
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// Raises this process's open-file soft limit to its hard limit and
+/// returns the new soft limit. A node with hundreds of sandboxes holds
+/// an agent socket per sandbox and two descriptors per relayed
+/// connection; the usual soft limit of 1024 would cap it well below its
+/// `PEERPODS_LIMIT_PER_NODE`.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(r.rlim_cur)
 }

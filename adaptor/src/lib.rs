@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod drain;
 pub mod framing_guard;
 pub mod keepalive;
 pub mod lifecycle;

@@ -83,9 +83,10 @@ impl Provider for TimedProvider {
     async fn retag(
         &self,
         instance_id: &str,
+        name: &str,
         tags: &std::collections::BTreeMap<String, String>,
     ) -> Result<bool, ProviderError> {
-        self.bounded("retag", self.inner.retag(instance_id, tags))
+        self.bounded("retag", self.inner.retag(instance_id, name, tags))
             .await
     }
 

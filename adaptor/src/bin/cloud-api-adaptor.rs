@@ -9,6 +9,7 @@ use cloud_api_adaptor::Daemon;
 use peerpod_provider_api::cli::{BuildContext, BuildError};
 use peerpod_provider_api::Provider;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(version, about = "Peer pods node daemon: the Kata remote hypervisor")]
@@ -65,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let check_only = cli.global.check;
+    let drain_only = cli.global.drain_pool;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -89,8 +91,24 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         let cfg = cli.global.into_config()?;
+        if drain_only {
+            let owner = peerpod_provider_api::OwnerTags::new(&*cfg.cluster_id, &*cfg.node_name, "");
+            let done = cloud_api_adaptor::drain::drain_pool(
+                &cfg,
+                provider,
+                owner,
+                Duration::from_secs(600),
+            )
+            .await?;
+            println!("warm pool drained: {done:?}");
+            return Ok(());
+        }
         if cfg.registry_auth.is_some() {
             tracing::info!("registry credentials loaded; every pod VM gets them (0600)");
+        }
+        match cloud_api_adaptor::daemon::raise_fd_limit() {
+            Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
         }
         let daemon = Daemon::start(cfg, provider).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -412,20 +412,21 @@ impl Provider for AwsProvider {
         }
     }
 
-    /// CreateTags adds or overwrites tags and keeps the others. A `Name`
-    /// among them renames the instance as EC2 shows it: a bound pool VM
-    /// then carries the sandbox's `podvm-<pod>-<id>` name like a VM made
-    /// for it.
+    /// CreateTags adds or overwrites tags and keeps the others; the
+    /// `Name` tag is how EC2 names an instance, so a bound pool VM carries
+    /// the sandbox's `podvm-<pod>-<id>` name like a VM made for it.
     async fn retag(
         &self,
         instance_id: &str,
+        name: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<bool, ProviderError> {
         check_instance_id(instance_id)?;
-        let list: Vec<Tag> = tags
+        let mut list: Vec<Tag> = tags
             .iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
             .collect();
+        list.push(Tag::builder().key("Name").value(name).build());
         self.client
             .create_tags()
             .resources(instance_id)

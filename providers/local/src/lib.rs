@@ -700,9 +700,12 @@ impl Provider for LocalProvider {
         Ok(lines)
     }
 
+    /// The record's tags and name (what `list` reports) change; the
+    /// instance's namespace and links keep their id-based names.
     async fn retag(
         &self,
         instance_id: &str,
+        name: &str,
         tags: &std::collections::BTreeMap<String, String>,
     ) -> Result<bool, ProviderError> {
         check_instance_id(instance_id)?;
@@ -715,6 +718,7 @@ impl Provider for LocalProvider {
         };
         m.tags
             .extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+        m.name = name.to_string();
         state::save(&self.dir(instance_id), &m).step(format!("retag instance {instance_id}"))?;
         Ok(true)
     }
