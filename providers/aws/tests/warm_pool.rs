@@ -31,7 +31,12 @@ async fn pool_instances(
 ) -> Vec<(String, String, BTreeMap<String, String>, String)> {
     let out = c
         .describe_instances()
-        .filters(Filter::builder().name("tag-key").values("peerpod-pool").build())
+        .filters(
+            Filter::builder()
+                .name("tag-key")
+                .values("peerpod-pool")
+                .build(),
+        )
         .send()
         .await
         .unwrap();
@@ -114,7 +119,10 @@ async fn pool_fills_binds_retags_and_drains_through_ec2() {
 
     // 1. The pool fills: one instance, tagged, with a bootstrap config.
     wait_for("a pool instance", || async {
-        pool_instances(&client).await.iter().any(|i| live(&i.1) && !i.3.is_empty())
+        pool_instances(&client)
+            .await
+            .iter()
+            .any(|i| live(&i.1) && !i.3.is_empty())
     })
     .await;
     let (iid, _, tags, ip) = pool_instances(&client).await.remove(0);
@@ -139,7 +147,10 @@ async fn pool_fills_binds_retags_and_drains_through_ec2() {
         Some(pool_name.as_str())
     );
     assert!(doc.forwarder.tls.is_some(), "the bootstrap identity");
-    assert!(doc.registry_auth.is_none(), "no per-pod secret in a pool VM's user data");
+    assert!(
+        doc.registry_auth.is_none(),
+        "no per-pod secret in a pool VM's user data"
+    );
     assert!(doc.forwarder.pod_network.is_none());
 
     // 2. "Boot" it: its forwarder, from its own user data, on its address.
@@ -158,26 +169,38 @@ async fn pool_fills_binds_retags_and_drains_through_ec2() {
         .await
         .expect("StartVM from the pool");
     assert_eq!(m.list().await[0].instance_id.as_deref(), Some(iid.as_str()));
-    agent_health(std::path::Path::new(&sock), Duration::from_secs(5)).await.expect("agent through the bound VM");
+    agent_health(std::path::Path::new(&sock), Duration::from_secs(5))
+        .await
+        .expect("agent through the bound VM");
     let bound = vm.config();
-    assert!(bound.contains("sbawsw1") && !bound.contains("\"bootstrap\""), "{bound}");
+    assert!(
+        bound.contains("sbawsw1") && !bound.contains("\"bootstrap\""),
+        "{bound}"
+    );
     assert_eq!(vm.auth_json().as_deref(), Some(AUTH));
     // CreateTags: the sandbox's owner tags, and its name.
     wait_for("retagged", || async {
-        pool_instances(&client)
-            .await
-            .iter()
-            .any(|i| i.0 == iid && i.2.get("peerpod-sandbox").map(String::as_str) == Some("sbawsw1"))
+        pool_instances(&client).await.iter().any(|i| {
+            i.0 == iid && i.2.get("peerpod-sandbox").map(String::as_str) == Some("sbawsw1")
+        })
     })
     .await;
-    let tags = pool_instances(&client).await.into_iter().find(|i| i.0 == iid).unwrap().2;
+    let tags = pool_instances(&client)
+        .await
+        .into_iter()
+        .find(|i| i.0 == iid)
+        .unwrap()
+        .2;
     assert_eq!(tags["Name"], "podvm-web-sbawsw1");
 
     // 4. StopVM terminates it; the refill made another; drain terminates it.
     h.stop_vm("sbawsw1").await.unwrap();
     m.wait_teardowns().await;
     wait_for("a refilled pool instance", || async {
-        pool_instances(&client).await.iter().any(|i| i.0 != iid && live(&i.1))
+        pool_instances(&client)
+            .await
+            .iter()
+            .any(|i| i.0 != iid && live(&i.1))
     })
     .await;
     m.drain_pool();
