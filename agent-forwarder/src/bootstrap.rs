@@ -105,36 +105,49 @@ async fn apply_bind(fwd: &Forwarder, payload: &[u8]) -> Outcome {
     }
     cfg.agent_socket = fwd.agent_socket.clone();
     // Material we cannot use is refused before anything changes.
-    let probe = serving(&cfg, None).map_err(|e| (Code::INVALID_ARGUMENT, e.to_string()))?;
-    drop(probe);
+    serving(&cfg, None).map_err(|e| (Code::INVALID_ARGUMENT, e.to_string()))?;
     let netns = crate::setup_pod_network(&cfg, &fwd.bind.pod_netns)
         .await
         .map_err(|e| (Code::INTERNAL, e.to_string()))?;
-    if let Some(path) = fwd.bind.config_path.clone() {
-        let bytes = cfg.to_bytes();
-        let auth = req.registry_auth.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            write_private(&path, bytes)?;
-            if let Some(a) = auth {
-                let dir = path.parent().unwrap_or(Path::new("."));
-                let name = Path::new(peerpod_vmconfig::userdata::AUTH_JSON_PATH)
-                    .file_name()
-                    .unwrap_or_default();
-                write_private(&dir.join(name), a.into_bytes())?;
-            }
-            Ok::<_, std::io::Error>(())
-        })
-        .await;
+    let dir = fwd
+        .bind
+        .config_path
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf);
+    // The registry credentials are in place before the agent can be
+    // asked to pull an image.
+    if let (Some(dir), Some(auth)) = (dir, req.registry_auth.clone()) {
+        let name = Path::new(peerpod_vmconfig::userdata::AUTH_JSON_PATH)
+            .file_name()
+            .unwrap_or_default()
+            .to_owned();
+        let written =
+            tokio::task::spawn_blocking(move || write_private(&dir.join(name), auth.into_bytes()))
+                .await;
         match written {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err((Code::INTERNAL, format!("writing the bound config: {e}"))),
-            Err(e) => return Err((Code::INTERNAL, format!("writing the bound config: {e}"))),
+            Ok(Err(e)) => return Err((Code::INTERNAL, format!("writing auth.json: {e}"))),
+            Err(e) => return Err((Code::INTERNAL, format!("writing auth.json: {e}"))),
         }
     }
     let s = serving(&cfg, netns).map_err(|e| (Code::INVALID_ARGUMENT, e.to_string()))?;
     match fwd.mode.write() {
         Ok(mut m) => *m = Mode::Serving(s),
         Err(p) => *p.into_inner() = Mode::Serving(s),
+    }
+    // The bound config replaces the bootstrap one on disk, so a forwarder
+    // restarted in this VM serves the sandbox. Written after the switch,
+    // off StartVM's path (an fsync is milliseconds): a restart before it
+    // lands comes back in bootstrap mode, where the adaptor can no longer
+    // reach it and its liveness watch marks the sandbox failed.
+    if let Some(path) = fwd.bind.config_path.clone() {
+        let bytes = cfg.to_bytes();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = write_private(&path, bytes) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot persist the bound config");
+            }
+        });
     }
     tracing::info!(
         sandbox = %cfg.sandbox_id,

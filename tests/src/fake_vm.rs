@@ -65,6 +65,20 @@ impl FakeVm {
         std::fs::read_to_string(&self.config_path).unwrap_or_default()
     }
 
+    /// The config file once a bind to `sandbox` has replaced it (the
+    /// forwarder writes it just after answering), or what is there after
+    /// 10 s.
+    pub async fn bound_config(&self, sandbox: &str) -> String {
+        for _ in 0..500 {
+            let c = self.config();
+            if c.contains(sandbox) {
+                return c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.config()
+    }
+
     pub async fn stop(mut self) {
         self.task.abort();
         if let Some(a) = self.agent.take() {

@@ -206,6 +206,10 @@ async fn startvm_binds_a_pool_vm_with_the_pod_network_and_the_pool_refills() {
         .join("local/instances")
         .join(&pool_vm.id)
         .join("run");
+    wait_for("the bound config on disk", || {
+        std::fs::read_to_string(run.join("daemon.json")).is_ok_and(|c| c.contains(&id))
+    })
+    .await;
     let bound = std::fs::read_to_string(run.join("daemon.json")).unwrap();
     assert!(
         bound.contains(&id) && !bound.contains("\"bootstrap\""),
@@ -369,5 +373,67 @@ async fn pool_vms_survive_a_restart_surplus_goes_and_orphans_are_told_apart() {
     wait_for("pool emptied", || m.pool_len() == 0).await;
     m.wait_teardowns().await;
     assert!(pool_instances(&provider, &cfg.node_name).await.is_empty());
+    daemon.shutdown().await;
+}
+
+/// A pool VM that cannot be bound (its forwarder died after it was
+/// offered): StartVM deletes it and starts the sandbox cold, within the
+/// same call. Runs on the loopback process provider (no root needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_bind_deletes_the_pool_vm_and_the_start_goes_cold() {
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path(), "fallback-node");
+    let provider = Arc::new(peerpod_tests::process_provider::ProcessProvider::new(
+        &dir.path().join("instances"),
+        cfg.forwarder_port,
+    ));
+    cfg.start_timeout = Duration::from_secs(30);
+    cfg.connect_timeout = Duration::from_millis(500);
+    cfg.warm_pool = PoolSettings {
+        keys: vec![KeySpec {
+            key: PoolKey::default(),
+            size: 1,
+            initdata: None,
+        }],
+        // One create a minute: no refill during the test.
+        creates_per_minute: 1,
+        boot_timeout: Duration::from_secs(30),
+    };
+    let daemon = Daemon::start(cfg.clone(), provider.clone()).await.unwrap();
+    let m = daemon.manager.clone();
+    wait_for("a ready pool VM", || m.pool_ready() == 1).await;
+    let pool_vm = provider.live().pop().unwrap();
+    assert!(provider.kill_forwarder(&pool_vm).await);
+
+    let h = Hypervisor::connect(&cfg.socket).await.unwrap();
+    let sock = h
+        .create_vm("sbfallback", shim_annotations("web", "default"), "")
+        .await
+        .unwrap();
+    h.start_vm("sbfallback", Duration::from_secs(30))
+        .await
+        .expect("StartVM falls back to a cold start");
+    let s = &m.list().await[0];
+    assert_ne!(s.instance_id.as_deref(), Some(pool_vm.as_str()));
+    assert_eq!(s.pool_vm, None);
+    agent_health(std::path::Path::new(&sock), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let metrics = m.metrics_text().await;
+    assert!(
+        metrics.contains("peerpod_warm_pool_hits_total{key=\"default\"} 1"),
+        "{metrics}"
+    );
+    wait_for("the unusable pool VM deleted", || {
+        !provider.live().contains(&pool_vm)
+    })
+    .await;
+    assert!(
+        m.pool_len() == 0 || m.pool_ready() == 0,
+        "the broken VM is not offered again"
+    );
+    h.stop_vm("sbfallback").await.unwrap();
+    m.wait_teardowns().await;
     daemon.shutdown().await;
 }

@@ -159,8 +159,16 @@ async fn bind_switches_a_pool_vm_to_its_sandbox() {
         Ok(ttrpc::Code::OK)
     );
     assert_eq!(vm.agent.recorder.seen().len(), 1);
-    // Persisted: a forwarder restarted in the VM serves the sandbox.
-    let saved = agent_forwarder::load_config(&vm.config_path).unwrap();
+    // Persisted (just after the answer): a forwarder restarted in the VM
+    // serves the sandbox.
+    let mut saved = agent_forwarder::load_config(&vm.config_path).unwrap();
+    for _ in 0..500 {
+        if saved.bootstrap.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        saved = agent_forwarder::load_config(&vm.config_path).unwrap();
+    }
     assert_eq!(saved.sandbox_id, "sandbox-1");
     assert!(saved.bootstrap.is_none());
     let auth = vm.config_path.with_file_name("auth.json");

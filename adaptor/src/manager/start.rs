@@ -86,9 +86,13 @@ impl Manager {
             return Ok(()); // already running
         }
         // The warm path: a ready pool VM of the pod's key, bound to it.
+        // Nothing is persisted until the sandbox runs: until then the
+        // pool record still names the VM (a restart deletes it: a bound
+        // VM no longer answers its bootstrap identity), and every fsync
+        // saved here is a few milliseconds of StartVM.
         let taken = {
             let mut r = sb.record.lock().await;
-            self.take_warm(&mut r).await?
+            self.take_warm(&mut r)
         };
         if let Some(vm) = taken {
             let instance = vm.instance.clone();
@@ -101,6 +105,8 @@ impl Manager {
                     tracing::info!(sandbox = id, pool_vm = %vm.record.name, instance = %r.instance_name,
                         agent_ready = ?ready_took, took = ?started.elapsed(), "sandbox running (warm pool VM bound)");
                     self.spawn_retag(&r, &instance.id);
+                    // The sandbox record (saved as running) owns the VM now.
+                    self.spawn_pool_forget(&vm.record.name);
                     self.emit(
                         &r,
                         EventKind::Running {
@@ -112,19 +118,27 @@ impl Manager {
                     );
                     return Ok(());
                 }
-                // StopVM owns the teardown (the record names the VM).
-                Err(e @ ManagerError::Cancelled { .. }) => return Err(e),
                 Err(e) => {
-                    tracing::warn!(sandbox = id, pool_vm = %vm.record.name, error = %e,
-                        "warm start failed; the pool VM is deleted and the sandbox starts cold");
-                    self.detach_network(id, &sb).await;
+                    let cancelled = matches!(e, ManagerError::Cancelled { .. });
+                    if !cancelled {
+                        tracing::warn!(sandbox = id, pool_vm = %vm.record.name, error = %e,
+                            "warm start failed; the pool VM is deleted and the sandbox starts cold");
+                        self.detach_network(id, &sb).await;
+                    }
                     let mut r = sb.record.lock().await;
-                    self.release_warm(&mut r, vm, &e.to_string()).await?;
+                    self.release_warm(&mut r, vm, &e.to_string());
+                    if cancelled {
+                        // StopVM's teardown does the rest (it waits for `op`).
+                        return Err(e);
+                    }
                 }
             }
         }
+        // The cold path: Provisioning is persisted before the provider
+        // is asked.
         let request = {
             let r = sb.record.lock().await;
+            self.store.save(&r)?;
             self.instance_request(&r).await
         };
         let request = match request {
@@ -168,8 +182,9 @@ impl Manager {
         }
     }
 
-    /// Created → Provisioning, persisted before any VM is taken or asked
-    /// for. `false` when the sandbox already runs.
+    /// Created → Provisioning (in memory: the cold path persists it before
+    /// the provider is asked; the warm path persists the sandbox only once
+    /// it runs). `false` when the sandbox already runs.
     async fn begin_start(&self, id: &str, sb: &Sandbox) -> Result<bool, ManagerError> {
         let mut r = sb.record.lock().await;
         match r.phase {
@@ -183,7 +198,6 @@ impl Manager {
             }
         }
         r.phase = Phase::Provisioning;
-        self.store.save(&r)?;
         Ok(true)
     }
 

@@ -352,44 +352,36 @@ impl Manager {
         ok
     }
 
-    /// StartVM: takes a ready pool VM of the sandbox's key and makes the
-    /// sandbox its owner (the sandbox record is saved with the instance
-    /// first, then the pool record is removed, so a crash in between
-    /// leaves the VM owned by the sandbox). `None`: a miss, cold path.
-    pub(super) async fn take_warm(
-        &self,
-        r: &mut SandboxRecord,
-    ) -> Result<Option<TakenVm>, ManagerError> {
+    /// StartVM: takes a ready pool VM of the sandbox's key and notes it
+    /// in the sandbox record (in memory: it is saved when the sandbox
+    /// runs; the pool record is removed only after that). `None`: a miss,
+    /// cold path.
+    pub(super) fn take_warm(&self, r: &mut SandboxRecord) -> Option<TakenVm> {
         if !self.pool.settings().enabled() {
-            return Ok(None);
+            return None;
         }
         let Some(key) = PoolKey::for_pod(&r.spec, self.cfg.initdata.as_deref()) else {
             self.metrics.pool_miss("none");
-            return Ok(None);
+            return None;
         };
         let label = key.label();
         let Some(vm) = self.pool.take(&key, self.provider.name()) else {
             self.metrics.pool_miss(&label);
             tracing::info!(sandbox = %r.id, key = %label, "warm pool: no ready VM for this pod's key; cold start");
-            return Ok(None);
+            return None;
         };
         let (Some(instance_id), Some(ip)) = (vm.instance_id.clone(), vm.instance_ip) else {
             // Cannot happen for a ready VM; never offer it again.
             let _ = self.pool.readopt_for_deletion(vm);
             self.metrics.pool_miss(&label);
-            return Ok(None);
+            return None;
         };
         self.metrics.pool_hit(&label);
         r.instance_id = Some(instance_id.clone());
         r.instance_ip = Some(ip);
         r.pool_vm = Some(vm.name.clone());
-        self.store.save(r)?;
-        if let Err(e) = self.pool.forget(&vm.name) {
-            // Recovery sees both records; the sandbox's wins.
-            tracing::warn!(pool_vm = %vm.name, error = %e, "warm pool: cannot remove the pool record of a taken VM");
-        }
         tracing::info!(sandbox = %r.id, pool_vm = %vm.name, instance_id = %instance_id, key = %label, "warm pool: took a pool VM");
-        Ok(Some(TakenVm {
+        Some(TakenVm {
             instance: Instance {
                 id: instance_id,
                 name: vm.name.clone(),
@@ -398,7 +390,19 @@ impl Manager {
                 instance_type: vm.instance_type.clone(),
             },
             record: vm,
-        }))
+        })
+    }
+
+    /// Removes the pool record of a VM a running sandbox now owns, in the
+    /// background (its sandbox record was saved first; a record left by
+    /// a crash here is dropped at recovery).
+    pub(super) fn spawn_pool_forget(&self, name: &str) {
+        let (pool, name) = (self.pool.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = pool.forget(&name) {
+                tracing::warn!(pool_vm = %name, error = %e, "warm pool: cannot remove the pool record of a bound VM");
+            }
+        });
     }
 
     /// Sends the sandbox's configuration to the pool VM it took.
@@ -434,26 +438,22 @@ impl Manager {
         ))
     }
 
-    /// A warm start that failed after the take: the VM goes back to the
-    /// pool's books as `Deleting` (persisted before the sandbox lets go of
-    /// it) and is deleted in the background; the sandbox forgets it.
-    pub(super) async fn release_warm(
-        self: &Arc<Self>,
-        r: &mut SandboxRecord,
-        vm: TakenVm,
-        why: &str,
-    ) -> Result<(), ManagerError> {
+    /// A warm start that failed (or was stopped) after the take: the VM
+    /// goes back to the pool's books as `Deleting` (persisted) and is
+    /// deleted in the background; the sandbox forgets it.
+    pub(super) fn release_warm(self: &Arc<Self>, r: &mut SandboxRecord, vm: TakenVm, why: &str) {
         let name = vm.record.name.clone();
-        if let Err(e) = self.pool.readopt_for_deletion(vm.record) {
-            tracing::error!(pool_vm = %name, error = %e, "warm pool: cannot persist the deletion of a pool VM; the sandbox keeps it for its teardown");
-            return Ok(());
-        }
         r.instance_id = None;
         r.instance_ip = None;
         r.pool_vm = None;
-        self.store.save(r)?;
+        if let Err(e) = self.pool.readopt_for_deletion(vm.record) {
+            // Its pool record (phase Created) stays: the filler and a
+            // restart find it and, as it no longer answers its
+            // bootstrap identity, delete it.
+            tracing::error!(pool_vm = %name, error = %e, "warm pool: cannot persist the deletion of a pool VM");
+            return;
+        }
         self.spawn_pool_delete(&name, why);
-        Ok(())
     }
 
     /// After a bind: the VM takes the sandbox's owner tags (and name,

@@ -172,7 +172,7 @@ async fn pool_fills_binds_retags_and_drains_through_ec2() {
     agent_health(std::path::Path::new(&sock), Duration::from_secs(5))
         .await
         .expect("agent through the bound VM");
-    let bound = vm.config();
+    let bound = vm.bound_config("sbawsw1").await;
     assert!(
         bound.contains("sbawsw1") && !bound.contains("\"bootstrap\""),
         "{bound}"

@@ -120,7 +120,7 @@ async fn pool_fills_binds_and_drains_through_arm() {
     agent_health(std::path::Path::new(&sock), Duration::from_secs(5))
         .await
         .expect("agent through the bound VM");
-    assert!(vm.config().contains("sbazw1"));
+    assert!(vm.bound_config("sbazw1").await.contains("sbazw1"));
     assert_eq!(vm.auth_json().as_deref(), Some(AUTH));
 
     // 4. StopVM deletes it; the refill made another; drain deletes it.

@@ -101,7 +101,7 @@ async fn pool_fills_binds_and_drains_through_gce() {
     agent_health(std::path::Path::new(&sock), Duration::from_secs(5))
         .await
         .expect("agent through the bound VM");
-    assert!(vm.config().contains("sbgcpw1"));
+    assert!(vm.bound_config("sbgcpw1").await.contains("sbgcpw1"));
     assert_eq!(vm.auth_json().as_deref(), Some(AUTH));
     let metrics = m.metrics_text().await;
     assert!(

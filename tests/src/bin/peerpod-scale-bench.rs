@@ -212,14 +212,31 @@ async fn compare(args: &Args) -> anyhow::Result<()> {
     let mut a = adaptor(args, 1);
     a.start().await;
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    let mut slow = Vec::new();
     for i in 0..args.compare_samples {
         wait_pool_ready(&a, 1, Duration::from_secs(60)).await?;
         let id = format!("warm{i}");
-        warm.push(start_one(&a, &id, plain(&id)).await?);
+        let t = start_one(&a, &id, plain(&id)).await?;
+        if t > Duration::from_secs(1) {
+            slow.push(id.clone());
+        }
+        warm.push(t);
         stop_one(&a, &id).await?;
         let id = format!("cold{i}");
-        cold.push(start_one(&a, &id, cold_shape(&id)).await?);
+        let t = start_one(&a, &id, cold_shape(&id)).await?;
+        if t > Duration::from_secs(1) {
+            slow.push(id.clone());
+        }
+        cold.push(t);
         stop_one(&a, &id).await?;
+    }
+    if std::env::var("BENCH_ADAPTOR_LOG").is_ok() {
+        for id in &slow {
+            println!("--- slow start {id}:");
+            for l in a.log().lines().filter(|l| l.contains(id.as_str())) {
+                println!("{l}");
+            }
+        }
     }
     let m = metrics(&a).await?;
     println!(
