@@ -140,6 +140,8 @@ pub struct LocalProvider {
     /// Leftovers of creates a crash interrupted are removed once, at the
     /// first create (later ones cannot leave any while we run).
     swept: std::sync::atomic::AtomicBool,
+    /// Where the next address search starts (see `free_index`).
+    cursor: std::sync::atomic::AtomicU32,
 }
 
 /// What one create has made so far; a failed create undoes exactly that.
@@ -299,6 +301,7 @@ impl LocalProvider {
             cfg,
             lock: Mutex::new(()),
             swept: std::sync::atomic::AtomicBool::new(false),
+            cursor: std::sync::atomic::AtomicU32::new(2),
         })
     }
 
@@ -316,9 +319,22 @@ impl LocalProvider {
         check_executable("kata-agent", &self.cfg.agent_bin)
     }
 
+    /// The first free address at or after the cursor, wrapping around.
+    /// Addresses are handed out round-robin rather than lowest-first: a
+    /// freshly freed address would otherwise go to the next instance at
+    /// once, while the host's neighbour cache still maps it to the old
+    /// instance's MAC — connections to the new one then stall for
+    /// seconds until the stale entry is probed away.
     fn free_index(&self, existing: &[Meta]) -> Option<u32> {
         let used: std::collections::HashSet<Ipv4Addr> = existing.iter().map(|m| m.ip).collect();
-        (2..self.cfg.size() - 1).find(|i| !used.contains(&self.cfg.ip(*i)))
+        let last = self.cfg.size() - 1;
+        let from = self
+            .cursor
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .clamp(2, last.max(2));
+        (from..last)
+            .chain(2..from)
+            .find(|i| !used.contains(&self.cfg.ip(*i)))
     }
 
     /// The steps of a create after its record exists; `made` tells a
@@ -592,6 +608,8 @@ impl Provider for LocalProvider {
                 self.cfg.prefix_len
             ))
         })?;
+        self.cursor
+            .store(index + 1, std::sync::atomic::Ordering::SeqCst);
         let id = loop {
             let id = state::random_id();
             if !self.dir(&id).exists() && !netns::path(&format!("pplocal-{id}")).exists() {
@@ -817,6 +835,12 @@ mod tests {
         };
         assert_eq!(p.free_index(&[]), Some(2));
         assert_eq!(p.free_index(&[m(2), m(4)]), Some(3));
+        // Round-robin: after .9 was handed out, a freed .3 waits its turn.
+        p.cursor.store(10, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(p.free_index(&[m(2), m(4)]), Some(10));
+        let tail: Vec<Meta> = (10..4095).map(m).collect();
+        assert_eq!(p.free_index(&tail), Some(2), "wraps around");
+        p.cursor.store(2, std::sync::atomic::Ordering::SeqCst);
         // Past the old /24: .0.255 and .1.0 are ordinary host addresses of a /20.
         let many: Vec<Meta> = (2..300).map(m).collect();
         assert_eq!(p.free_index(&many), Some(300));

@@ -202,7 +202,9 @@ fn adaptor(args: &Args, pool: usize) -> AdaptorProcess {
         ),
         (
             "RUST_LOG".into(),
-            "warn,cloud_api_adaptor::daemon=info,cloud_api_adaptor::probes=info".into(),
+            std::env::var("BENCH_ADAPTOR_LOG").unwrap_or_else(|_| {
+                "warn,cloud_api_adaptor::daemon=info,cloud_api_adaptor::probes=info".into()
+            }),
         ),
     ];
     a
@@ -233,7 +235,13 @@ async fn compare(args: &Args) -> anyhow::Result<()> {
     if std::env::var("BENCH_ADAPTOR_LOG").is_ok() {
         for id in &slow {
             println!("--- slow start {id}:");
-            for l in a.log().lines().filter(|l| l.contains(id.as_str())) {
+            let log = a.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let at = lines
+                .iter()
+                .position(|l| l.contains(&format!("sandbox {id} ")))
+                .unwrap_or(0);
+            for l in &lines[at..(at + 60).min(lines.len())] {
                 println!("{l}");
             }
         }
