@@ -141,7 +141,14 @@ pub async fn ensure_bridge(
             ))
         }
         None => {
-            match h.link().add(LinkBridge::new(name).build()).execute().await {
+            // A fixed address: a bridge otherwise takes the lowest MAC
+            // of its ports, so it changes whenever an instance comes or
+            // goes — and every instance's cached gateway MAC goes stale,
+            // stalling its replies to the adaptor for seconds.
+            let msg = LinkBridge::new(name)
+                .address(bridge_mac(name).to_vec())
+                .build();
+            match h.link().add(msg).execute().await {
                 Ok(()) => tracing::info!(bridge = name, "created host bridge"),
                 Err(e) if is_errno(&e, libc::EEXIST) => {}
                 Err(e) => return Err(err(format!("create bridge {name}"))(e)),
@@ -154,6 +161,18 @@ pub async fn ensure_bridge(
     add_address(h, index, ip, prefix_len, name).await?;
     up(h, index, &format!("bridge {name}")).await?;
     Ok(index)
+}
+
+/// A locally administered unicast MAC derived from the bridge name.
+pub fn bridge_mac(name: &str) -> [u8; 6] {
+    // FNV-1a: stable across runs and versions (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    [0x02, b[3], b[4], b[5], b[6], b[7]]
 }
 
 /// Deletes the bridge `name` if it is a bridge without ports; returns
@@ -275,5 +294,19 @@ pub async fn delete(h: &Handle, name: &str) -> Result<(), LinkError> {
         Ok(()) => Ok(()),
         Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
         Err(e) => Err(err(format!("delete link {name}"))(e)),
+    }
+}
+
+#[cfg(test)]
+mod mac_tests {
+    use super::bridge_mac;
+
+    #[test]
+    fn bridge_mac_is_stable_unicast_and_local() {
+        let m = bridge_mac("pplocal0");
+        assert_eq!(m, bridge_mac("pplocal0"));
+        assert_ne!(m, bridge_mac("pplocal1"));
+        assert_eq!(m[0] & 1, 0, "unicast");
+        assert_eq!(m[0] & 2, 2, "locally administered");
     }
 }
