@@ -67,8 +67,19 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let check_only = cli.global.check;
     let drain_only = cli.global.drain_pool;
+    // glibc gives every thread that allocates its own malloc arena; with
+    // the blocking pool's threads coming and going under sandbox churn
+    // the arenas fragment and RSS creeps up (51 -> 90 MiB in ten minutes
+    // at 500 sandboxes). Two arenas and a bounded blocking pool keep it
+    // flat; the blocking work (netlink, fork/exec, fsync) is short.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: plain libc call before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(32)
         .enable_all()
         .build()
         .context("starting the async runtime")?;

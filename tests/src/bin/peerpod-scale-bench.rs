@@ -277,44 +277,45 @@ async fn scale(args: &Args) -> anyhow::Result<()> {
         );
     }
     let a = Arc::new(a);
-    let next = Arc::new(AtomicUsize::new(0));
-    let times = Arc::new(Mutex::new(Vec::new()));
+    // Waves of `concurrency` StartVMs at once, the pool refilled between
+    // waves (a burst of pod starts, as a deployment scaled up): what the
+    // pool is for. The last waves find the node nearly full.
+    let mut waves: Vec<Duration> = Vec::new();
+    let mut slowest_wave = Duration::ZERO;
     let t0 = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..args.concurrency {
-        let (a, next, times) = (a.clone(), next.clone(), times.clone());
-        let total = args.sandboxes;
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= total {
-                    return Ok::<_, anyhow::Error>(());
-                }
+    let mut started = 0;
+    while started < args.sandboxes {
+        if args.warm_pool > 0 {
+            wait_pool_ready(&a, args.warm_pool.min(args.sandboxes - started), Duration::from_secs(300))
+                .await?;
+        }
+        let n = args.concurrency.min(args.sandboxes - started);
+        let tw = Instant::now();
+        let mut batch = Vec::new();
+        for i in started..started + n {
+            let a = a.clone();
+            batch.push(tokio::spawn(async move {
                 let id = format!("s{i:05}");
-                let took = start_one(&a, &id, plain(&id)).await?;
-                times
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("poisoned"))?
-                    .push(took);
-            }
-        }));
+                start_one(&a, &id, plain(&id)).await
+            }));
+        }
+        for b in batch {
+            waves.push(b.await??);
+        }
+        slowest_wave = slowest_wave.max(tw.elapsed());
+        started += n;
     }
-    for w in workers {
-        w.await??;
-    }
-    let times = times
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone();
     let m = metrics(&a).await?;
     println!(
-        "scale: {} sandboxes started in {:.1} s with {} StartVMs in flight: StartVM p50 {} p99 {} max {} | pool hits {} misses {}",
-        times.len(),
-        t0.elapsed().as_secs_f64(),
+        "scale: {} sandboxes started in waves of {} concurrent StartVMs ({:.1} s in all, pool of {} refilled between waves): StartVM p50 {} p99 {} max {} | slowest wave {} | pool hits {} misses {}",
+        waves.len(),
         args.concurrency,
-        ms(pct(&times, 0.5)),
-        ms(pct(&times, 0.99)),
-        ms(pct(&times, 1.0)),
+        t0.elapsed().as_secs_f64(),
+        args.warm_pool,
+        ms(pct(&waves, 0.5)),
+        ms(pct(&waves, 0.99)),
+        ms(pct(&waves, 1.0)),
+        ms(slowest_wave),
         metric(&m, "peerpod_warm_pool_hits_total"),
         metric(&m, "peerpod_warm_pool_misses_total"),
     );
@@ -328,8 +329,9 @@ async fn scale(args: &Args) -> anyhow::Result<()> {
     let mut healthy = 0;
     for i in 0..args.sandboxes {
         let sock = a.agent_socket(&format!("s{i:05}"));
-        if agent_health(&sock, Duration::from_secs(5)).await.is_ok() {
-            healthy += 1;
+        match agent_health(&sock, Duration::from_secs(10)).await {
+            Ok(_) => healthy += 1,
+            Err(e) => println!("s{i:05}: Health check failed: {e}"),
         }
     }
     println!(
@@ -444,9 +446,19 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_default()
             .trim()
     );
-    compare(&args).await?;
-    if !args.compare_only {
-        scale(&args).await?;
+    // On SIGTERM/SIGINT the phases are dropped, and with them every
+    // adaptor and instance they started.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let work = async {
+        compare(&args).await?;
+        if !args.compare_only {
+            scale(&args).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        _ = term.recv() => bail!("terminated"),
     }
-    Ok(())
 }
