@@ -173,3 +173,21 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     }
     Ok(r.rlim_cur)
 }
+
+/// Hands memory freed since the last call back to the OS, every
+/// `interval`, for as long as the process runs (glibc only). glibc keeps
+/// freed heap pages inside its arenas when they are not at the top of
+/// the heap: after sandbox churn at 500 sandboxes the adaptor held 93 MiB
+/// of which `malloc_trim` returned 51 MiB — memory it no longer used.
+pub fn spawn_memory_trim(interval: std::time::Duration) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            // SAFETY: malloc_trim only walks the allocator's own arenas.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        }
+    });
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = interval;
+}

@@ -122,6 +122,7 @@ fn main() -> anyhow::Result<()> {
             Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
         }
         let daemon = Daemon::start(cfg, provider).await?;
+        cloud_api_adaptor::daemon::spawn_memory_trim(Duration::from_secs(30));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

@@ -189,8 +189,6 @@ fn adaptor(args: &Args, pool: usize) -> AdaptorProcess {
     a.args = vec![
         "--limit-per-node".into(),
         (args.sandboxes + 10).to_string(),
-        "--max-concurrent-creates".into(),
-        args.concurrency.to_string(),
         "--orphan-interval".into(),
         "0".into(),
     ];
@@ -286,8 +284,12 @@ async fn scale(args: &Args) -> anyhow::Result<()> {
     let mut started = 0;
     while started < args.sandboxes {
         if args.warm_pool > 0 {
-            wait_pool_ready(&a, args.warm_pool.min(args.sandboxes - started), Duration::from_secs(300))
-                .await?;
+            wait_pool_ready(
+                &a,
+                args.warm_pool.min(args.sandboxes - started),
+                Duration::from_secs(300),
+            )
+            .await?;
         }
         let n = args.concurrency.min(args.sandboxes - started);
         let tw = Instant::now();
@@ -319,7 +321,8 @@ async fn scale(args: &Args) -> anyhow::Result<()> {
         metric(&m, "peerpod_warm_pool_hits_total"),
         metric(&m, "peerpod_warm_pool_misses_total"),
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The adaptor hands freed memory back every 30 s: measure after one.
+    tokio::time::sleep(Duration::from_secs(35)).await;
     println!(
         "{} sandboxes running: adaptor {}; running per the adaptor: {}",
         args.sandboxes,
