@@ -137,13 +137,25 @@ impl NodeCa {
     /// The adaptor's client TLS configuration: a fresh client certificate
     /// (issued at each start; the CA is what the VMs trust).
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, CaError> {
+        let id = self.issue_client()?;
+        Ok(peerpod_relay::tls::client_config(
+            &id.ca_cert_pem,
+            &id.cert_pem,
+            &id.key_pem,
+        )?)
+    }
+
+    /// A fresh client identity of the adaptor (kept in memory only), for
+    /// connections that need their own TLS configuration (the warm pool's
+    /// bootstrap channel pins each pool VM's certificate).
+    pub fn issue_client(&self) -> Result<crate::pool::bind::ClientIdentity, CaError> {
         let (cert_pem, key_pem) =
             self.issue(Vec::new(), CLIENT_CN, ExtendedKeyUsagePurpose::ClientAuth)?;
-        Ok(peerpod_relay::tls::client_config(
-            &self.cert_pem,
-            &cert_pem,
-            &key_pem,
-        )?)
+        Ok(crate::pool::bind::ClientIdentity {
+            ca_cert_pem: self.cert_pem.clone(),
+            cert_pem,
+            key_pem,
+        })
     }
 }
 

@@ -46,7 +46,7 @@ pub struct GlobalArgs {
     #[arg(
         long,
         env = "PEERPOD_START_TIMEOUT",
-        default_value_t = 600,
+        default_value_t = crate::config::DEFAULT_START_TIMEOUT_SECS,
         global = true
     )]
     pub start_timeout: u64,
@@ -136,6 +136,71 @@ pub struct GlobalArgs {
         global = true
     )]
     pub device_plugin_dir: PathBuf,
+    /// Booted pod VMs kept waiting for the default pool key (0: no warm pool).
+    #[arg(long, env = "PEERPODS_WARM_POOL", default_value_t = 0, global = true)]
+    pub warm_pool: usize,
+    /// More warm pool keys: `;`-separated lists of machine_type=, vcpus=, memory=, image=, initdata=default|none|<file>, size=.
+    #[arg(long, env = "PEERPODS_WARM_POOL_KEYS", global = true)]
+    pub warm_pool_keys: Option<String>,
+    /// Most pool VM creates started per minute.
+    #[arg(
+        long,
+        env = "PEERPODS_WARM_POOL_CREATES_PER_MINUTE",
+        default_value_t = 60,
+        global = true
+    )]
+    pub warm_pool_creates_per_minute: u32,
+    /// Seconds a new pool VM may take to answer its first Ping before it is deleted.
+    #[arg(
+        long,
+        env = "PEERPODS_WARM_POOL_BOOT_TIMEOUT",
+        default_value_t = 600,
+        global = true
+    )]
+    pub warm_pool_boot_timeout: u64,
+    /// Delete every warm pool VM of this node and exit (uninstall).
+    #[arg(long, global = true)]
+    pub drain_pool: bool,
+    /// Seconds between liveness Health checks of each running sandbox (0: off).
+    #[arg(
+        long,
+        env = "PEERPOD_LIVENESS_INTERVAL",
+        default_value_t = 30,
+        global = true
+    )]
+    pub liveness_interval: u64,
+    /// Consecutive failed liveness checks after which a sandbox is marked failed.
+    #[arg(
+        long,
+        env = "PEERPOD_LIVENESS_FAILURES",
+        default_value_t = 3,
+        global = true
+    )]
+    pub liveness_failures: u32,
+    /// Seconds a connection to a VM is idle before TCP keepalive probes it (0: keepalive off).
+    #[arg(
+        long,
+        env = "PEERPOD_KEEPALIVE_IDLE",
+        default_value_t = 30,
+        global = true
+    )]
+    pub keepalive_idle: u64,
+    /// Seconds between TCP keepalive probes.
+    #[arg(
+        long,
+        env = "PEERPOD_KEEPALIVE_INTERVAL",
+        default_value_t = 10,
+        global = true
+    )]
+    pub keepalive_interval: u64,
+    /// Unanswered keepalive probes before the connection is dropped.
+    #[arg(
+        long,
+        env = "PEERPOD_KEEPALIVE_COUNT",
+        default_value_t = 3,
+        global = true
+    )]
+    pub keepalive_count: u32,
     /// Check the provider's configuration, print what was checked, and exit.
     #[arg(long, global = true)]
     pub check: bool,
@@ -202,6 +267,39 @@ impl GlobalArgs {
             .map_err(|e| invalid("--registry-auth-file / PEERPOD_REGISTRY_AUTH_FILE", e))?;
         cfg.max_concurrent_creates = self.max_concurrent_creates;
         cfg.provider_timeout = Duration::from_secs(self.provider_timeout);
+        let keys = crate::pool::key::parse_keys(
+            self.warm_pool,
+            cfg.initdata.as_deref(),
+            self.warm_pool_keys.as_deref().unwrap_or(""),
+        )
+        .map_err(|e| invalid("PEERPODS_WARM_POOL_KEYS", e.to_string()))?;
+        if self.warm_pool_creates_per_minute == 0 {
+            return Err(invalid(
+                "--warm-pool-creates-per-minute / PEERPODS_WARM_POOL_CREATES_PER_MINUTE",
+                "must be at least 1",
+            ));
+        }
+        cfg.warm_pool = crate::pool::PoolSettings {
+            keys,
+            creates_per_minute: self.warm_pool_creates_per_minute,
+            boot_timeout: Duration::from_secs(self.warm_pool_boot_timeout),
+        };
+        if cfg.warm_pool.enabled() && !cfg.tls {
+            return Err(invalid(
+                "PEERPODS_WARM_POOL",
+                "the warm pool needs TLS (a pool VM is bound over mutual TLS with its \
+                 one-time identity); do not combine it with --no-tls",
+            ));
+        }
+        cfg.liveness = crate::liveness::LivenessSettings {
+            interval: Duration::from_secs(self.liveness_interval),
+            failures: self.liveness_failures.max(1),
+        };
+        cfg.keepalive = (self.keepalive_idle > 0).then(|| crate::keepalive::KeepaliveSettings {
+            idle: Duration::from_secs(self.keepalive_idle),
+            interval: Duration::from_secs(self.keepalive_interval.max(1)),
+            count: self.keepalive_count.max(1),
+        });
         Ok(cfg)
     }
 }
@@ -258,6 +356,34 @@ mod tests {
         assert_eq!(c.limit_per_node, Some(10));
         assert_eq!(c.probe_addr, Some("127.0.0.1:8000".parse().unwrap()));
         assert_eq!(c.cluster_id, "");
+        assert_eq!(c.start_timeout, Duration::from_secs(180));
+        assert!(!c.warm_pool.enabled());
+        assert_eq!(c.liveness.interval, Duration::from_secs(30));
+        assert_eq!(
+            c.keepalive.map(|k| k.detection_time()),
+            Some(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn warm_pool_flags() {
+        let c = parse(&["--warm-pool", "3", "--warm-pool-keys", "vcpus=2,size=1"]).unwrap();
+        assert!(c.warm_pool.enabled());
+        assert_eq!(c.warm_pool.keys.len(), 2);
+        assert_eq!(c.warm_pool.keys[0].size, 3);
+        assert_eq!(c.warm_pool.keys[1].key.vcpus, Some(2));
+        let e = parse(&["--warm-pool-keys", "vcpus=x"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("PEERPODS_WARM_POOL_KEYS") && e.contains("vcpus"),
+            "{e}"
+        );
+        let e = parse(&["--warm-pool", "1", "--no-tls"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs TLS"), "{e}");
+        assert_eq!(parse(&["--keepalive-idle", "0"]).unwrap().keepalive, None);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::time::Duration;
 pub const DEFAULT_SOCKET: &str = "/run/peerpod/hypervisor.sock";
 pub const DEFAULT_PODS_DIR: &str = "/run/peerpod/pods";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/peerpod";
+/// StartVM's own bound when the shim sends no deadline.
+pub const DEFAULT_START_TIMEOUT_SECS: u64 = 180;
 
 /// Everything the daemon needs besides its provider.
 #[derive(Debug, Clone)]
@@ -65,6 +67,13 @@ pub struct AdaptorConfig {
     /// The kubelet device plugin advertising `kata.peerpods.io/vm` (one
     /// device per allowed sandbox), when on; see docs/kubernetes.md.
     pub device_plugin: Option<peerpod_deviceplugin::Config>,
+    /// The warm pool (off unless a key has a size); see [`crate::pool`].
+    pub warm_pool: crate::pool::PoolSettings,
+    /// The liveness watch over running sandboxes; see [`crate::liveness`].
+    pub liveness: crate::liveness::LivenessSettings,
+    /// TCP keepalive on the connections to the VMs (`None`: off); see
+    /// [`crate::keepalive`].
+    pub keepalive: Option<crate::keepalive::KeepaliveSettings>,
 }
 
 impl AdaptorConfig {
@@ -78,7 +87,10 @@ impl AdaptorConfig {
             cluster_id: String::new(),
             tls: true,
             forwarder_port: peerpod_vmconfig::DEFAULT_PORT,
-            start_timeout: Duration::from_secs(600),
+            // Covers a slow cloud boot; the Go shim's own StartVM budget
+            // is 60 s by default (often raised to 600 s), kubelet gives
+            // CreateContainer 120 s: a shorter shim deadline always wins.
+            start_timeout: Duration::from_secs(DEFAULT_START_TIMEOUT_SECS),
             connect_timeout: Duration::from_secs(3),
             max_frame_bytes: peerpod_relay::frame::DEFAULT_MAX_PAYLOAD,
             instance_name_max: 63,
@@ -93,6 +105,9 @@ impl AdaptorConfig {
             probe_addr: None,
             provider_timeout: Duration::from_secs(600),
             device_plugin: None,
+            warm_pool: crate::pool::PoolSettings::default(),
+            liveness: crate::liveness::LivenessSettings::default(),
+            keepalive: Some(crate::keepalive::KeepaliveSettings::default()),
         }
     }
 

@@ -33,6 +33,19 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// Labels of the warm pool gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub key: String,
+    pub state: String,
+}
+
+/// Label of the warm pool counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabel {
+    pub key: String,
+}
+
 /// Label of the relay byte counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabel {
@@ -54,6 +67,13 @@ pub struct Metrics {
     pub stop_seconds: Histogram,
     pub provider_errors: Family<ErrorLabels, Counter>,
     pub orphans_collected: Counter,
+    pub pool_vms: Family<PoolLabels, Gauge>,
+    pool_hits: Family<KeyLabel, Counter>,
+    pool_misses: Family<KeyLabel, Counter>,
+    pool_create_failures: Family<KeyLabel, Counter>,
+    pool_bind_seconds: Histogram,
+    pub liveness_failed: Counter,
+    pub liveness_check_failures: Counter,
     relay_bytes: Family<DirectionLabel, Counter>,
     relay_connections: Gauge,
     /// Last relay byte totals folded into the counters.
@@ -97,6 +117,50 @@ impl Metrics {
             "Orphan VMs deleted by the collector",
             orphans_collected.clone(),
         );
+        let pool_vms = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "warm_pool_vms",
+            "Warm pool VMs by pool key and state (creating, booting, ready, deleting)",
+            pool_vms.clone(),
+        );
+        let pool_hits = Family::<KeyLabel, Counter>::default();
+        registry.register(
+            "warm_pool_hits",
+            "StartVMs served by a warm pool VM, by pool key",
+            pool_hits.clone(),
+        );
+        let pool_misses = Family::<KeyLabel, Counter>::default();
+        registry.register(
+            "warm_pool_misses",
+            "StartVMs that found no ready pool VM of their key (cold start), by pool key",
+            pool_misses.clone(),
+        );
+        let pool_create_failures = Family::<KeyLabel, Counter>::default();
+        registry.register(
+            "warm_pool_create_failures",
+            "Pool VM creates the provider refused, by pool key",
+            pool_create_failures.clone(),
+        );
+        let pool_bind_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16),
+        );
+        registry.register(
+            "warm_pool_bind_duration_seconds",
+            "Time to bind a pool VM to its sandbox (Bind call on the bootstrap channel)",
+            pool_bind_seconds.clone(),
+        );
+        let liveness_failed = Counter::default();
+        registry.register(
+            "liveness_failed_sandboxes",
+            "Running sandboxes marked failed because their VM or agent stopped answering Health checks",
+            liveness_failed.clone(),
+        );
+        let liveness_check_failures = Counter::default();
+        registry.register(
+            "liveness_check_failures",
+            "Failed liveness Health checks of running sandboxes",
+            liveness_check_failures.clone(),
+        );
         let relay_bytes = Family::<DirectionLabel, Counter>::default();
         registry.register(
             "relay_bytes",
@@ -116,6 +180,13 @@ impl Metrics {
             stop_seconds,
             provider_errors,
             orphans_collected,
+            pool_vms,
+            pool_hits,
+            pool_misses,
+            pool_create_failures,
+            pool_bind_seconds,
+            liveness_failed,
+            liveness_check_failures,
             relay_bytes,
             relay_connections,
             relay_seen: Mutex::new((0, 0)),
@@ -139,6 +210,48 @@ impl Metrics {
                 kind: kind.as_str().to_string(),
             })
             .inc();
+    }
+
+    fn key(key: &str) -> KeyLabel {
+        KeyLabel {
+            key: key.to_string(),
+        }
+    }
+
+    /// A StartVM served from the pool.
+    pub fn pool_hit(&self, key: &str) {
+        self.pool_hits.get_or_create(&Self::key(key)).inc();
+    }
+
+    /// A StartVM that found no ready pool VM of its key.
+    pub fn pool_miss(&self, key: &str) {
+        self.pool_misses.get_or_create(&Self::key(key)).inc();
+    }
+
+    /// A pool VM create the provider refused.
+    pub fn pool_create_failed(&self, key: &str) {
+        self.pool_create_failures
+            .get_or_create(&Self::key(key))
+            .inc();
+    }
+
+    /// One bind's duration.
+    pub fn pool_bind(&self, took: std::time::Duration) {
+        self.pool_bind_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Sets the pool gauges: (key, creating, booting, ready, deleting).
+    pub fn set_pool(&self, counts: &[(String, [i64; 4])]) {
+        for (key, c) in counts {
+            for (state, n) in ["creating", "booting", "ready", "deleting"].iter().zip(c) {
+                self.pool_vms
+                    .get_or_create(&PoolLabels {
+                        key: key.clone(),
+                        state: state.to_string(),
+                    })
+                    .set(*n);
+            }
+        }
     }
 
     /// Sets the phase gauges (all phases, zero included).
@@ -208,6 +321,12 @@ mod tests {
         m.provider_error("create", ErrorKind::QuotaExceeded);
         m.provider_error("create", ErrorKind::QuotaExceeded);
         m.orphans_collected.inc();
+        m.pool_hit("default");
+        m.pool_hit("default");
+        m.pool_miss("vcpus=2");
+        m.pool_bind(std::time::Duration::from_millis(12));
+        m.set_pool(&[("default".into(), [0, 1, 2, 0])]);
+        m.liveness_failed.inc();
         let (up, down, active) = (AtomicU64::new(100), AtomicU64::new(40), AtomicU64::new(2));
         m.set_relay(&up, &down, &active);
         // Totals only grow: a second fold adds the difference.
@@ -224,6 +343,11 @@ mod tests {
             r#"peerpod_relay_bytes_total{direction="to_vm"} 150"#,
             r#"peerpod_relay_bytes_total{direction="from_vm"} 40"#,
             "peerpod_relay_connections 2",
+            r#"peerpod_warm_pool_hits_total{key="default"} 2"#,
+            r#"peerpod_warm_pool_misses_total{key="vcpus=2"} 1"#,
+            r#"peerpod_warm_pool_vms{key="default",state="ready"} 2"#,
+            "peerpod_warm_pool_bind_duration_seconds_count 1",
+            "peerpod_liveness_failed_sandboxes_total 1",
         ] {
             assert!(t.contains(want), "missing {want:?} in:\n{t}");
         }

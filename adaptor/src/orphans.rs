@@ -42,6 +42,16 @@ pub struct PassReport {
     pub failed: Vec<(String, ErrorKind)>,
 }
 
+/// Besides live sandboxes, what else owns instances: the warm pool's VMs
+/// (by pool name, before their id is known) and every instance id a
+/// sandbox or pool record names (a bound pool VM keeps its pool tags where
+/// the cloud cannot retag).
+#[derive(Debug, Default, Clone)]
+pub struct Known {
+    pub pool_names: HashSet<String>,
+    pub instance_ids: HashSet<String>,
+}
+
 /// Remembers when each orphan was first seen.
 #[derive(Debug, Default)]
 pub struct OrphanCollector {
@@ -49,6 +59,9 @@ pub struct OrphanCollector {
 }
 
 fn why(i: &Instance) -> String {
+    if let Some(p) = i.tags.get(crate::pool::TAG_POOL) {
+        return format!("it is warm pool VM {p}, which no pool or sandbox record knows");
+    }
     match i.tags.get(TAG_SANDBOX) {
         Some(s) if !s.is_empty() => format!("its sandbox {s} is not known to this adaptor"),
         _ => "it carries no sandbox tag".to_string(),
@@ -65,6 +78,7 @@ impl OrphanCollector {
         provider: &dyn Provider,
         node: &OwnerTags,
         live: &HashSet<String>,
+        known: &Known,
         policy: &OrphanPolicy,
     ) -> Result<PassReport, peerpod_provider_api::ProviderError> {
         let instances = provider.list_instances(&node.for_sandbox("")).await?;
@@ -76,6 +90,10 @@ impl OrphanCollector {
                 i.tags
                     .get(TAG_SANDBOX)
                     .is_none_or(|s| s.is_empty() || !live.contains(s))
+                    && !known.instance_ids.contains(&i.id)
+                    && i.tags
+                        .get(crate::pool::TAG_POOL)
+                        .is_none_or(|p| !known.pool_names.contains(p))
             })
             .collect();
         let due: Vec<&Instance> = {

@@ -80,6 +80,16 @@ impl Provider for TimedProvider {
         self.bounded("verify", self.inner.verify()).await
     }
 
+    async fn retag(
+        &self,
+        instance_id: &str,
+        name: &str,
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError> {
+        self.bounded("retag", self.inner.retag(instance_id, name, tags))
+            .await
+    }
+
     async fn console_tail(&self, instance_id: &str) -> Option<String> {
         if self.limit.is_zero() {
             return self.inner.console_tail(instance_id).await;

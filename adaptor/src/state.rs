@@ -63,6 +63,10 @@ pub struct SandboxRecord {
     /// The last error, for `list` and the logs.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The warm pool VM this sandbox was bound to (its cloud name is this
+    /// pool name, not `instance_name`); `None` for a VM made for it.
+    #[serde(default)]
+    pub pool_vm: Option<String>,
     /// Seconds since the epoch.
     pub created_at: u64,
 }
@@ -186,6 +190,7 @@ mod tests {
             instance_id: None,
             instance_ip: None,
             last_error: None,
+            pool_vm: None,
             created_at: 1,
         }
     }

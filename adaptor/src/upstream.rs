@@ -41,6 +41,8 @@ pub struct Upstream {
     server_name: ServerName<'static>,
     tls: Option<TlsConnector>,
     connect_timeout: Duration,
+    /// TCP keepalive on every connection (see [`crate::keepalive`]).
+    keepalive: Option<crate::keepalive::KeepaliveSettings>,
 }
 
 impl Upstream {
@@ -57,7 +59,14 @@ impl Upstream {
             server_name,
             tls: tls.map(TlsConnector::from),
             connect_timeout,
+            keepalive: None,
         })
+    }
+
+    /// Turns TCP keepalive on for the connections this upstream makes.
+    pub fn with_keepalive(mut self, k: Option<crate::keepalive::KeepaliveSettings>) -> Self {
+        self.keepalive = k;
+        self
     }
 
     /// One connection to the forwarder.
@@ -74,6 +83,11 @@ impl Upstream {
             }
         };
         let _ = tcp.set_nodelay(true);
+        if let Some(k) = &self.keepalive {
+            if let Err(e) = crate::keepalive::apply(&tcp, k) {
+                tracing::warn!(%addr, error = %e, "cannot turn TCP keepalive on");
+            }
+        }
         match &self.tls {
             None => Ok(Box::new(tcp)),
             Some(c) => {

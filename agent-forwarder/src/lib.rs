@@ -5,6 +5,7 @@
 //! network namespace added to CreateContainer once the pod network is set
 //! up) happen here, where the VM's layout is known.
 
+pub mod bootstrap;
 pub mod userdata_source;
 
 use peerpod_relay::{relay_connection, CreateContainerRewriter, RelayOptions, RequestRewriter};
@@ -83,28 +84,95 @@ pub fn load_config(path: &std::path::Path) -> Result<ForwarderConfig, ForwarderE
     })
 }
 
-/// A bound forwarder, ready to serve.
-pub struct Forwarder {
-    listener: TcpListener,
+/// How connections are served now.
+#[derive(Clone)]
+enum Mode {
+    /// Relaying the agent API for one sandbox.
+    Serving(Arc<Serving>),
+    /// A warm-pool VM: only the bootstrap service, with the one-time
+    /// bootstrap identity, until a Bind switches to `Serving`.
+    Bootstrap(Arc<Bootstrap>),
+}
+
+struct Serving {
     acceptor: Option<TlsAcceptor>,
-    agent_socket: PathBuf,
     opts: RelayOptions,
     rewriter: Arc<dyn RequestRewriter>,
 }
 
+struct Bootstrap {
+    acceptor: TlsAcceptor,
+    pool_vm: String,
+}
+
+/// Where a Bind's outcome goes besides memory.
+struct BindTarget {
+    /// The config file the forwarder was started with: rewritten with the
+    /// bound config, so a forwarder restarted inside the VM serves the
+    /// sandbox, not the bootstrap service.
+    config_path: Option<PathBuf>,
+    /// Name (under /run/netns) of the pod namespace a Bind builds.
+    pod_netns: String,
+    /// One Bind at a time.
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// A bound forwarder, ready to serve.
+pub struct Forwarder {
+    listener: TcpListener,
+    agent_socket: PathBuf,
+    mode: std::sync::RwLock<Mode>,
+    bind: BindTarget,
+}
+
+fn serving(
+    cfg: &ForwarderConfig,
+    pod_netns: Option<PathBuf>,
+) -> Result<Arc<Serving>, ForwarderError> {
+    let acceptor = match &cfg.tls {
+        Some(m) => Some(TlsAcceptor::from(peerpod_relay::tls::server_config(m)?)),
+        None => {
+            tracing::warn!(
+                "TLS IS OFF: any host that can reach {} can drive the kata-agent. \
+                 Use this only for debugging.",
+                cfg.listen
+            );
+            None
+        }
+    };
+    let mut opts = RelayOptions::new(cfg.sandbox_id.clone());
+    opts.max_payload = cfg.max_frame_bytes;
+    Ok(Arc::new(Serving {
+        acceptor,
+        opts,
+        rewriter: Arc::new(CreateContainerRewriter {
+            pod_netns: pod_netns.map(|p| p.display().to_string()),
+            drop_sandbox_dns: true,
+        }),
+    }))
+}
+
 impl Forwarder {
-    /// Binds the listen address and prepares TLS.
+    /// Binds the listen address and prepares TLS (the bootstrap identity
+    /// when the config is a pool VM's).
     pub async fn bind(cfg: &ForwarderConfig) -> Result<Self, ForwarderError> {
-        let acceptor = match &cfg.tls {
-            Some(m) => Some(TlsAcceptor::from(peerpod_relay::tls::server_config(m)?)),
-            None => {
-                tracing::warn!(
-                    "TLS IS OFF: any host that can reach {} can drive the kata-agent. \
-                     Use this only for debugging.",
-                    cfg.listen
-                );
-                None
+        let mode = match (&cfg.bootstrap, &cfg.tls) {
+            (Some(b), Some(m)) => Mode::Bootstrap(Arc::new(Bootstrap {
+                acceptor: TlsAcceptor::from(peerpod_relay::tls::server_config(m)?),
+                pool_vm: b.pool_vm.clone(),
+            })),
+            // ForwarderConfig::parse refuses this; a config built in code
+            // must not fall back to clear text either.
+            (Some(_), None) => {
+                return Err(ForwarderError::Config {
+                    path: PathBuf::new(),
+                    source: peerpod_vmconfig::ConfigError::Invalid {
+                        field: "bootstrap",
+                        why: "a pool VM needs its bootstrap TLS identity".into(),
+                    },
+                })
             }
+            (None, _) => Mode::Serving(serving(cfg, None)?),
         };
         let listener =
             TcpListener::bind(&cfg.listen)
@@ -113,27 +181,34 @@ impl Forwarder {
                     addr: cfg.listen.clone(),
                     source,
                 })?;
-        let mut opts = RelayOptions::new(cfg.sandbox_id.clone());
-        opts.max_payload = cfg.max_frame_bytes;
         Ok(Self {
             listener,
-            acceptor,
             agent_socket: cfg.agent_socket.clone(),
-            opts,
-            rewriter: Arc::new(CreateContainerRewriter {
-                pod_netns: None,
-                drop_sandbox_dns: true,
-            }),
+            mode: std::sync::RwLock::new(mode),
+            bind: BindTarget {
+                config_path: None,
+                pod_netns: peerpod_podnet::vm::POD_NETNS.to_string(),
+                lock: tokio::sync::Mutex::new(()),
+            },
         })
     }
 
     /// Containers created through this forwarder join the network
-    /// namespace at `path` (the pod network's namespace).
-    pub fn with_pod_netns(mut self, path: Option<PathBuf>) -> Self {
-        self.rewriter = Arc::new(CreateContainerRewriter {
-            pod_netns: path.map(|p| p.display().to_string()),
-            drop_sandbox_dns: true,
-        });
+    /// namespace at `path` (the pod network's namespace). No effect on a
+    /// pool VM, whose pod network comes with its Bind.
+    pub fn with_pod_netns(self, path: Option<PathBuf>) -> Self {
+        if let Ok(mut m) = self.mode.write() {
+            if let Mode::Serving(s) = &*m {
+                *m = Mode::Serving(Arc::new(Serving {
+                    acceptor: s.acceptor.clone(),
+                    opts: s.opts.clone(),
+                    rewriter: Arc::new(CreateContainerRewriter {
+                        pod_netns: path.map(|p| p.display().to_string()),
+                        drop_sandbox_dns: true,
+                    }),
+                }));
+            }
+        }
         self
     }
 
@@ -141,6 +216,25 @@ impl Forwarder {
     /// with the serving task).
     pub fn counters(&self) -> Arc<peerpod_relay::relay::RelayCounters> {
         self.opts.counters.clone()
+    /// Where a Bind writes the bound config (the file the forwarder was
+    /// started with; registry credentials go next to it as `auth.json`)
+    /// and the name of the pod namespace it builds.
+    pub fn with_bind_target(mut self, config_path: Option<PathBuf>, pod_netns: &str) -> Self {
+        self.bind.config_path = config_path;
+        self.bind.pod_netns = pod_netns.to_string();
+        self
+    }
+
+    /// Whether this forwarder still waits to be bound.
+    pub fn is_bootstrap(&self) -> bool {
+        matches!(self.mode(), Mode::Bootstrap(_))
+    }
+
+    fn mode(&self) -> Mode {
+        match self.mode.read() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// The address actually bound (useful with port 0).
@@ -167,27 +261,34 @@ impl Forwarder {
     }
 
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr) {
-        match &self.acceptor {
-            Some(acceptor) => {
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::warn!(%peer, error = %e, "refused a connection: TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::warn!(%peer, "refused a connection: no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
-                        return;
-                    }
-                };
-                self.relay(tls, peer).await
+        let (acceptor, mode) = match self.mode() {
+            Mode::Serving(s) => (s.acceptor.clone(), Mode::Serving(s)),
+            Mode::Bootstrap(b) => (Some(b.acceptor.clone()), Mode::Bootstrap(b)),
+        };
+        let Some(acceptor) = acceptor else {
+            if let Mode::Serving(s) = mode {
+                self.relay(tcp, peer, &s).await;
             }
-            None => self.relay(tcp, peer).await,
+            return;
+        };
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "refused a connection: TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "refused a connection: no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
+                return;
+            }
+        };
+        match mode {
+            Mode::Serving(s) => self.relay(tls, peer, &s).await,
+            Mode::Bootstrap(b) => bootstrap::serve_connection(self, tls, peer, &b.pool_vm).await,
         }
     }
 
-    async fn relay<S>(&self, stream: S, peer: SocketAddr)
+    async fn relay<S>(&self, stream: S, peer: SocketAddr, s: &Serving)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
@@ -201,7 +302,7 @@ impl Forwarder {
         };
         tracing::debug!(%peer, "relaying a connection to the kata-agent");
         let outcome =
-            relay_connection(stream, agent, self.opts.clone(), self.rewriter.clone()).await;
+            relay_connection(stream, agent, s.opts.clone(), s.rewriter.clone()).await;
         match &outcome {
             // The adaptor closes its connections properly (TLS
             // close_notify); anything else is worth a line.

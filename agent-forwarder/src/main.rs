@@ -53,17 +53,30 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let netns = agent_forwarder::setup_pod_network(&cfg, &args.pod_netns).await?;
+        // A pool VM gets its pod network with its Bind.
+        let netns = match cfg.bootstrap {
+            None => agent_forwarder::setup_pod_network(&cfg, &args.pod_netns).await?,
+            Some(_) => None,
+        };
         let fwd = agent_forwarder::Forwarder::bind(&cfg)
             .await?
-            .with_pod_netns(netns);
-        tracing::info!(
-            addr = %fwd.local_addr()?,
-            agent = %cfg.agent_socket.display(),
-            tls = cfg.tls.is_some(),
-            sandbox = %cfg.sandbox_id,
-            "forwarder listening"
-        );
+            .with_pod_netns(netns)
+            .with_bind_target(Some(args.config.clone()), &args.pod_netns);
+        match &cfg.bootstrap {
+            None => tracing::info!(
+                addr = %fwd.local_addr()?,
+                agent = %cfg.agent_socket.display(),
+                tls = cfg.tls.is_some(),
+                sandbox = %cfg.sandbox_id,
+                "forwarder listening"
+            ),
+            Some(b) => tracing::info!(
+                addr = %fwd.local_addr()?,
+                agent = %cfg.agent_socket.display(),
+                pool_vm = %b.pool_vm,
+                "forwarder listening (warm pool: bootstrap service only, until bound to a sandbox)"
+            ),
+        }
         fwd.serve().await;
         Ok(())
     })

@@ -112,6 +112,8 @@ pub struct AdaptorProcess {
     pub node: String,
     pub bridge: String,
     pub subnet: Ipv4Addr,
+    /// The subnet's prefix length (24 unless a test needs more room).
+    pub prefix_len: u8,
     /// Extra global flags (before the `local` subcommand).
     pub args: Vec<String>,
     /// Extra environment (e.g. `RUST_LOG`).
@@ -131,6 +133,7 @@ impl AdaptorProcess {
             node: node.into(),
             bridge: format!("pprl{}", rand::random::<u16>() % 10000),
             subnet,
+            prefix_len: 24,
             args: Vec::new(),
             env: Vec::new(),
             starts: 0,
@@ -177,6 +180,7 @@ impl AdaptorProcess {
         cfg.user_data_bin = bin_path("process-user-data");
         cfg.bridge = self.bridge.clone();
         cfg.subnet = self.subnet;
+        cfg.prefix_len = self.prefix_len;
         LocalProvider::new(cfg).expect("local provider config")
     }
 
@@ -212,7 +216,7 @@ impl AdaptorProcess {
             .arg("--bridge")
             .arg(&self.bridge)
             .arg("--subnet")
-            .arg(self.subnet.to_string())
+            .arg(format!("{}/{}", self.subnet, self.prefix_len))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

@@ -7,6 +7,7 @@ pub mod adaptor_process;
 pub mod agent_double;
 pub mod bins;
 pub mod cloud_disk;
+pub mod fake_vm;
 pub mod faulty_provider;
 pub mod harness;
 pub mod kube_apiserver;

@@ -394,3 +394,27 @@ impl Drop for LibvirtEnv {
         self.remove();
     }
 }
+
+/// Removes the domains a test's warm pool records name (pool VMs are
+/// called `podvm-pool-…`, not after the test's token, so
+/// [`LibvirtEnv`]'s own cleanup does not see them) when dropped, even
+/// after a failed assertion. `dir` is the adaptor's `<state dir>/pool`.
+pub struct PoolDomains(pub PathBuf);
+
+impl Drop for PoolDomains {
+    fn drop(&mut self) {
+        let Ok(rd) = std::fs::read_dir(&self.0) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let Some(name) = file.strip_suffix(".json") else {
+                continue;
+            };
+            if name.starts_with("podvm-pool-") {
+                let _ = virsh(&["destroy", name]);
+                let _ = virsh(&["undefine", name]);
+            }
+        }
+    }
+}

@@ -403,3 +403,123 @@ async fn debian_image_boots_to_ready_when_built() {
     assert!(left.is_empty(), "left behind: {left:?}");
     daemon.shutdown().await;
 }
+
+/// The warm pool on real libvirt + QEMU: a pool VM boots once in its
+/// bootstrap state; StartVM binds it — the pod network is built inside
+/// the VM at bind, the agent answers through the sandbox's certificate —
+/// and StopVM and a drain leave nothing. (The pool's create rate keeps
+/// the refill from booting a second VM during the test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_vm_is_bound_to_a_sandbox_with_its_pod_network() {
+    let Some(env) = LibvirtEnv::new() else { return };
+    init_logging();
+    let t = env.token.clone();
+    let (cni, pod, peer) = (
+        format!("pplw-c{t}"),
+        format!("pplw-p{t}"),
+        format!("pplw-q{t}"),
+    );
+    let _netns = Netns(vec![cni.clone(), pod.clone(), peer.clone()]);
+    sh(&format!(
+        "ip netns add {cni} && ip netns add {pod} && ip netns add {peer} && \
+         ip -n {cni} link add br0 type bridge && ip -n {cni} link set br0 up && \
+         ip -n {cni} addr add 10.97.0.1/24 dev br0 && \
+         ip link add eth0 netns {pod} type veth peer name p0 netns {cni} && \
+         ip -n {cni} link set p0 master br0 up && ip -n {pod} link set eth0 up && \
+         ip -n {pod} addr add 10.97.0.2/24 dev eth0 && ip -n {pod} route add default via 10.97.0.1 && \
+         ip link add eth0 netns {peer} type veth peer name q0 netns {cni} && \
+         ip -n {cni} link set q0 master br0 up && ip -n {peer} link set eth0 up && \
+         ip -n {peer} addr add 10.97.0.3/24 dev eth0"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let node = format!("lvw-node-{t}");
+    let mut cfg = config_in(dir.path(), &node);
+    let _domains = peerpod_tests::libvirt_env::PoolDomains(cfg.state_dir.join("pool"));
+    cfg.worker_ip = Some(env.gateway.into());
+    cfg.start_timeout = Duration::from_secs(60);
+    cfg.warm_pool = cloud_api_adaptor::pool::PoolSettings {
+        keys: vec![cloud_api_adaptor::pool::KeySpec {
+            key: Default::default(),
+            size: 1,
+            initdata: None,
+        }],
+        creates_per_minute: 1,
+        boot_timeout: Duration::from_secs(120),
+    };
+    let provider = Arc::new(LibvirtProvider::new(env.config()));
+    let daemon = Daemon::start(cfg.clone(), provider.clone()).await.unwrap();
+    let m = daemon.manager.clone();
+    let booted = Instant::now();
+    while m.pool_ready() < 1 {
+        assert!(
+            booted.elapsed() < Duration::from_secs(120),
+            "the pool VM did not boot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("pool VM booted and answered Ping in {:?}", booted.elapsed());
+    let pool_vm = provider
+        .list_instances(&OwnerTags {
+            cluster: String::new(),
+            node: node.clone(),
+            sandbox_id: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(pool_vm.len(), 1, "{pool_vm:?}");
+    assert!(pool_vm[0].name.starts_with("podvm-pool-"), "{pool_vm:?}");
+
+    let h = Hypervisor::connect(&cfg.socket).await.unwrap();
+    let id = format!("sbw{t}");
+    let sock = h
+        .create_vm(
+            &id,
+            shim_annotations(&format!("web{t}"), "default"),
+            &format!("/run/netns/{pod}"),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    h.start_vm(&id, Duration::from_secs(60))
+        .await
+        .expect("StartVM from the pool");
+    eprintln!("StartVM from the pool took {:?}", started.elapsed());
+    let metrics = m.metrics_text().await;
+    assert!(
+        metrics.contains("peerpod_warm_pool_hits_total{key=\"default\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        m.list().await[0].instance_id.as_deref(),
+        Some(pool_vm[0].id.as_str()),
+        "the sandbox runs on the pool VM"
+    );
+    agent_answers(std::path::Path::new(&sock)).await;
+    // The VM built the pod network at bind: the peer's ping is answered
+    // inside the VM through the tunnel.
+    sh(&format!("ip netns exec {peer} ping -c 3 -W 5 10.97.0.2"));
+    let console = provider
+        .console_tail(&pool_vm[0].id)
+        .await
+        .unwrap_or_default();
+    assert!(console.contains("bound to a sandbox"), "{console}");
+
+    h.stop_vm(&id).await.expect("StopVM");
+    m.drain_pool();
+    while m.pool_len() > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    m.wait_teardowns().await;
+    let all = provider
+        .list_instances(&OwnerTags {
+            cluster: String::new(),
+            node: node.clone(),
+            sandbox_id: String::new(),
+        })
+        .await
+        .unwrap();
+    assert!(all.is_empty(), "{all:?}");
+    let left = env.leftovers(&t);
+    assert!(left.is_empty(), "left behind: {left:?}");
+    daemon.shutdown().await;
+}

@@ -42,6 +42,7 @@ impl Adaptor {
         cfg.user_data_bin = bin_path("process-user-data");
         cfg.bridge = self.bridge.clone();
         cfg.subnet = "10.216.9.0".parse().unwrap();
+        cfg.prefix_len = 24;
         LocalProvider::new(cfg).unwrap()
     }
 

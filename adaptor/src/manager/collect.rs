@@ -1,6 +1,8 @@
 //! Orphan collection driven by the manager: the sandboxes it knows, in
-//! any phase, own their instances; every other instance carrying this
-//! node's (and cluster's) owner tags is an orphan (see [`crate::orphans`]).
+//! any phase, own their instances, and the warm pool owns its VMs (by
+//! pool name, and by instance id once known); every other instance
+//! carrying this node's (and cluster's) owner tags is an orphan (see
+//! [`crate::orphans`]).
 
 use super::Manager;
 use peerpod_provider_api::{ErrorKind, ProviderError};
@@ -21,12 +23,24 @@ impl Manager {
                 ))
             }
         };
+        // Pool VMs (any state) and every instance a record names.
+        let (pool_names, mut instance_ids) = self.pool.known();
+        for sb in self.all() {
+            if let Some(i) = sb.record.lock().await.instance_id.clone() {
+                instance_ids.insert(i);
+            }
+        }
+        let known = crate::orphans::Known {
+            pool_names,
+            instance_ids,
+        };
         let report = self
             .orphans
             .pass(
                 self.provider.as_ref(),
                 &self.owner(""),
                 &live,
+                &known,
                 &self.cfg.orphans,
             )
             .await

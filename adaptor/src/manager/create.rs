@@ -88,6 +88,7 @@ impl Manager {
             instance_id: None,
             instance_ip: None,
             last_error: None,
+            pool_vm: None,
             created_at: now_secs(),
         };
         tracing::info!(

@@ -51,6 +51,10 @@ pub enum ManagerError {
     },
     #[error("pod network settings: {0}")]
     NetworkConfig(peerpod_podnet::PodnetError),
+    #[error("warm pool state: {0}")]
+    Pool(#[from] crate::pool::PoolStoreError),
+    #[error("warm pool settings: {0}")]
+    PoolConfig(String),
 }
 
 impl ManagerError {
@@ -79,14 +83,19 @@ impl ManagerError {
                 Some(K::NotFound) => ttrpc::Code::NOT_FOUND,
                 Some(K::Transient) => ttrpc::Code::UNAVAILABLE,
                 Some(K::Permanent) => ttrpc::Code::FAILED_PRECONDITION,
-                None if *phase == PHASE_READY => ttrpc::Code::DEADLINE_EXCEEDED,
+                // Readiness, or a create abandoned at the StartVM deadline.
+                None if *phase == PHASE_READY || *phase == PHASE_CREATE => {
+                    ttrpc::Code::DEADLINE_EXCEEDED
+                }
                 None => ttrpc::Code::INTERNAL,
             },
             ManagerError::Network { .. } => ttrpc::Code::FAILED_PRECONDITION,
             ManagerError::Store(_)
             | ManagerError::Socket(_)
             | ManagerError::Ca(_)
-            | ManagerError::NetworkConfig(_) => ttrpc::Code::INTERNAL,
+            | ManagerError::NetworkConfig(_)
+            | ManagerError::Pool(_) => ttrpc::Code::INTERNAL,
+            ManagerError::PoolConfig(_) => ttrpc::Code::INVALID_ARGUMENT,
         }
     }
 }
@@ -95,6 +104,8 @@ pub const PHASE_CREATE: &str = "provider create";
 pub const PHASE_READY: &str = "agent ready";
 pub const PHASE_CONFIG: &str = "VM config";
 pub const PHASE_NETWORK: &str = "pod network";
+/// Binding a warm pool VM to the sandbox (a failure falls back to a cold start).
+pub const PHASE_BIND: &str = "pool bind";
 
 /// Checks a sandbox id before it is used in paths and tags.
 pub fn check_sandbox_id(id: &str) -> Result<(), ManagerError> {

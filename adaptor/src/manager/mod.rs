@@ -10,12 +10,15 @@
 mod collect;
 mod create;
 mod error;
+mod liveness;
 mod recover;
 mod start;
 mod teardown;
+pub mod warm;
 
 pub use error::{
-    check_sandbox_id, ManagerError, PHASE_CONFIG, PHASE_CREATE, PHASE_NETWORK, PHASE_READY,
+    check_sandbox_id, ManagerError, PHASE_BIND, PHASE_CONFIG, PHASE_CREATE, PHASE_NETWORK,
+    PHASE_READY,
 };
 
 use crate::agent_socket::{AgentSocket, Target};
@@ -91,6 +94,8 @@ pub struct SandboxSummary {
     pub phase: Phase,
     pub instance_id: Option<String>,
     pub instance_ip: Option<std::net::IpAddr>,
+    /// The warm pool VM the sandbox was bound to, if it came from the pool.
+    pub pool_vm: Option<String>,
     pub created_at: u64,
 }
 
@@ -127,6 +132,15 @@ pub struct Manager {
     orphans: crate::orphans::OrphanCollector,
     metrics: crate::metrics::Metrics,
     observers: Observers,
+    /// The warm pool's bookkeeping (always open: records of an earlier
+    /// configuration are deleted even when the pool is now off).
+    pool: Arc<crate::pool::WarmPool>,
+    /// The adaptor's client identity for the pool's bootstrap channels.
+    client_identity: Option<crate::pool::bind::ClientIdentity>,
+    /// Consecutive pool VM failures (create or boot); the filler backs off.
+    pool_failures: std::sync::atomic::AtomicUsize,
+    /// Consecutive failed liveness checks per running sandbox.
+    liveness: crate::liveness::Tracker,
 }
 
 impl Manager {
@@ -137,17 +151,27 @@ impl Manager {
             cfg.provider_timeout,
         ));
         let store = Store::open(&cfg.state_dir)?;
-        let (ca, client_tls) = if cfg.tls {
+        let (ca, client_tls, client_identity) = if cfg.tls {
             let ca = NodeCa::load_or_create(&cfg.state_dir)?;
             let client = ca.client_config()?;
-            (Some(ca), Some(client))
+            let id = ca.issue_client()?;
+            (Some(ca), Some(client), Some(id))
         } else {
             tracing::warn!(
                 "TLS TO POD VMS IS OFF (--no-tls): agent traffic crosses the network in clear text \
                  and any host can drive a pod's kata-agent. Use this only for debugging."
             );
-            (None, None)
+            (None, None, None)
         };
+        if cfg.warm_pool.enabled() && !cfg.tls {
+            return Err(ManagerError::PoolConfig(
+                "the warm pool needs TLS: pool VMs are bound over mutual TLS".into(),
+            ));
+        }
+        let pool = Arc::new(crate::pool::WarmPool::open(
+            &cfg.state_dir,
+            cfg.warm_pool.clone(),
+        )?);
         let nets = PodNetworks::new(cfg.vxlan_port, cfg.vni_base, cfg.worker_ip)
             .map_err(ManagerError::NetworkConfig)?;
         Ok(Arc::new(Self {
@@ -164,6 +188,10 @@ impl Manager {
             counters: Arc::new(RelayCounters::default()),
             teardowns: watch::channel(0).0,
             observers: Observers::default(),
+            pool,
+            client_identity,
+            pool_failures: std::sync::atomic::AtomicUsize::new(0),
+            liveness: crate::liveness::Tracker::default(),
         }))
     }
 
@@ -215,6 +243,19 @@ impl Manager {
             }
         }
         self.metrics.set_sandboxes(&counts);
+        let pool: Vec<(String, [i64; 4])> = self
+            .pool
+            .counts()
+            .into_iter()
+            .map(|(k, c)| {
+                let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+                (
+                    k.label(),
+                    [n(c.creating), n(c.booting), n(c.ready), n(c.deleting)],
+                )
+            })
+            .collect();
+        self.metrics.set_pool(&pool);
         self.metrics.set_relay(
             &self.counters.bytes_to_upstream,
             &self.counters.bytes_to_downstream,
@@ -269,12 +310,13 @@ impl Manager {
 
     /// How to reach the forwarder of instance `name` at `ip`.
     fn upstream(&self, name: &str, ip: std::net::IpAddr) -> Result<Upstream, DialError> {
-        Upstream::new(
+        Ok(Upstream::new(
             SocketAddr::new(ip, self.cfg.forwarder_port),
             name,
             self.client_tls.clone(),
             self.cfg.connect_timeout,
-        )
+        )?
+        .with_keepalive(self.cfg.keepalive))
     }
 
     /// Every sandbox, oldest first.
@@ -290,6 +332,7 @@ impl Manager {
                 phase: r.phase,
                 instance_id: r.instance_id.clone(),
                 instance_ip: r.instance_ip,
+                pool_vm: r.pool_vm.clone(),
                 created_at: r.created_at,
             });
         }

@@ -34,6 +34,14 @@ impl Manager {
         }
         let n = records.len();
         let listed = self.node_instance_ids().await;
+        // What the sandbox records own, before recovery changes them (a
+        // pool record naming one of these lost the race with its sandbox).
+        let owned_ids: HashSet<String> = records
+            .iter()
+            .filter_map(|r| r.instance_id.clone())
+            .collect();
+        let owned_pool: HashSet<String> =
+            records.iter().filter_map(|r| r.pool_vm.clone()).collect();
         for mut r in records {
             let id = r.id.clone();
             if check_sandbox_id(&id).is_err() {
@@ -105,6 +113,8 @@ impl Manager {
                 }
             }
         }
+        self.recover_pool(&owned_ids, &owned_pool, listed.as_ref())
+            .await;
         Ok(n)
     }
 }

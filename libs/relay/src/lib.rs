@@ -6,6 +6,7 @@
 //! [`RequestRewriter`] asks for, so methods it has never heard of pass
 //! through byte for byte.
 
+pub mod bootstrap;
 pub mod frame;
 pub mod relay;
 pub mod rewrite;

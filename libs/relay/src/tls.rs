@@ -4,11 +4,14 @@
 //! `ring` provider.
 
 use peerpod_vmconfig::TlsMaterial;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use std::sync::Arc;
 
 /// Why TLS could not be set up; names which piece of material was wrong.
@@ -85,6 +88,89 @@ pub fn client_config(
     let cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(
+            certs(cert_pem, "client certificate")?,
+            key(key_pem, "client key")?,
+        )?;
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts exactly one server certificate — the one-time bootstrap
+/// certificate the adaptor issued to a pool VM and recorded — and only if
+/// it also passes the ordinary checks (chains to the node CA, names the
+/// server, proves the key). Another certificate for the same name, even
+/// one the node CA signed, is refused: only the VM that got this
+/// certificate's key in its user data can complete the handshake.
+#[derive(Debug)]
+struct PinnedVerifier {
+    pinned: CertificateDer<'static>,
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() != self.pinned.as_ref() {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The adaptor's client configuration for one pool VM's bootstrap
+/// channel: presents the adaptor's client certificate and accepts only
+/// the server certificate `pinned_cert_pem` (see [`PinnedVerifier`]).
+pub fn pinned_client_config(
+    ca_pem: &str,
+    pinned_cert_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let pinned = certs(pinned_cert_pem, "pinned bootstrap certificate")?
+        .into_iter()
+        .next()
+        .ok_or(TlsError::Certificate {
+            what: "pinned bootstrap certificate",
+            detail: "empty".into(),
+        })?;
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedVerifier { pinned, inner }))
         .with_client_auth_cert(
             certs(cert_pem, "client certificate")?,
             key(key_pem, "client key")?,

@@ -3,13 +3,22 @@
 //! two cannot drift; a `format_version` so that an old pod VM image given a
 //! newer document says so plainly instead of failing in silence.
 
+pub mod bind;
 pub mod userdata;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// The newest document format this build writes and understands.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest document format this build understands. A document carries
+/// the lowest version its content needs: a sandbox's config is version 1
+/// (every released pod VM image reads it), a pool VM's bootstrap config is
+/// version 2, so an image that predates the warm pool refuses it plainly
+/// instead of serving with the bootstrap identity.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version of a config without bootstrap settings.
+pub const BASE_FORMAT_VERSION: u32 = 1;
+/// The version a bootstrap (pool VM) config needs.
+pub const BOOTSTRAP_FORMAT_VERSION: u32 = 2;
 /// The forwarder's default listen address in the VM.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:15150";
 /// The forwarder's TCP port, which the adaptor dials.
@@ -82,6 +91,18 @@ pub struct ForwarderConfig {
     /// the sandbox has no pod network.
     #[serde(default)]
     pub pod_network: Option<peerpod_podnet::PodNetwork>,
+    /// Set on a warm-pool VM: `tls` is then its one-time bootstrap
+    /// identity, and the forwarder serves only the bootstrap service
+    /// ([`bind`]) until the adaptor binds it to a sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSettings>,
+}
+
+/// What marks a pool VM's config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapSettings {
+    /// The pool VM's name (its bootstrap certificate is issued for it).
+    pub pool_vm: String,
 }
 
 fn default_listen() -> String {
@@ -98,14 +119,27 @@ impl ForwarderConfig {
     /// A document with defaults for everything but TLS and the sandbox id.
     pub fn new(sandbox_id: impl Into<String>, tls: Option<TlsMaterial>) -> Self {
         Self {
-            format_version: FORMAT_VERSION,
+            format_version: BASE_FORMAT_VERSION,
             listen: default_listen(),
             agent_socket: default_agent_socket(),
             tls,
             sandbox_id: sandbox_id.into(),
             max_frame_bytes: default_max_frame(),
             pod_network: None,
+            bootstrap: None,
         }
+    }
+
+    /// A pool VM's config: serves only the bootstrap service, with the
+    /// one-time identity `tls` (server certificate for `pool_vm`, and the
+    /// node CA its clients must chain to).
+    pub fn bootstrap(pool_vm: impl Into<String>, tls: TlsMaterial) -> Self {
+        let mut c = Self::new(String::new(), Some(tls));
+        c.format_version = BOOTSTRAP_FORMAT_VERSION;
+        c.bootstrap = Some(BootstrapSettings {
+            pool_vm: pool_vm.into(),
+        });
+        c
     }
 
     /// Parses and checks a document. The version is read first, so a newer
@@ -147,6 +181,35 @@ impl ForwarderConfig {
                 field: "max_frame_bytes",
                 why: format!("{} is below the 4096-byte minimum", self.max_frame_bytes),
             });
+        }
+        if let Some(b) = &self.bootstrap {
+            if self.format_version < BOOTSTRAP_FORMAT_VERSION {
+                return Err(ConfigError::Invalid {
+                    field: "bootstrap",
+                    why: format!(
+                        "needs format version {BOOTSTRAP_FORMAT_VERSION}, the document says {}",
+                        self.format_version
+                    ),
+                });
+            }
+            if self.tls.is_none() {
+                return Err(ConfigError::Invalid {
+                    field: "bootstrap",
+                    why: "a pool VM needs its bootstrap TLS identity (tls is missing)".into(),
+                });
+            }
+            if b.pool_vm.is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: "bootstrap.pool_vm",
+                    why: "is empty".into(),
+                });
+            }
+            if self.pod_network.is_some() {
+                return Err(ConfigError::Invalid {
+                    field: "pod_network",
+                    why: "a pool VM gets its pod network when it is bound, not at boot".into(),
+                });
+            }
         }
         if let Some(tls) = &self.tls {
             for (field, pem) in [
@@ -224,6 +287,49 @@ mod tests {
             ForwarderConfig::parse(&big),
             Err(ConfigError::TooLarge(_))
         ));
+    }
+
+    fn tls() -> TlsMaterial {
+        TlsMaterial {
+            ca_cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+            cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+            key_pem: "-----BEGIN PRIVATE KEY-----".into(),
+        }
+    }
+
+    #[test]
+    fn sandbox_configs_stay_version_1_for_old_images() {
+        let c = ForwarderConfig::new("sb1", Some(tls()));
+        assert_eq!(c.format_version, 1);
+        let text = String::from_utf8(c.to_bytes()).unwrap();
+        assert!(!text.contains("bootstrap"), "{text}");
+    }
+
+    #[test]
+    fn bootstrap_config_round_trips_and_needs_version_2_and_tls() {
+        let c = ForwarderConfig::bootstrap("podvm-pool-1", tls());
+        assert_eq!(c.format_version, BOOTSTRAP_FORMAT_VERSION);
+        assert_eq!(ForwarderConfig::parse(&c.to_bytes()).unwrap(), c);
+        let mut v1 = c.clone();
+        v1.format_version = 1;
+        let e = ForwarderConfig::parse(&v1.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("`bootstrap`"), "{e}");
+        let mut no_tls = c.clone();
+        no_tls.tls = None;
+        let e = ForwarderConfig::parse(&no_tls.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("bootstrap TLS identity"), "{e}");
+    }
+
+    #[test]
+    fn a_v1_forwarder_would_refuse_a_bootstrap_config() {
+        // What an image built before the warm pool checks: the version.
+        let c = ForwarderConfig::bootstrap("podvm-pool-1", tls());
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            format_version: u32,
+        }
+        let v: VersionOnly = serde_json::from_slice(&c.to_bytes()).unwrap();
+        assert!(v.format_version > BASE_FORMAT_VERSION);
     }
 
     #[test]

@@ -41,6 +41,22 @@ pub trait Provider: Send + Sync {
     /// thing it checked.
     async fn verify(&self) -> Result<Vec<String>, ProviderError>;
 
+    /// Adds (or overwrites) `tags` on an existing instance, keeping its
+    /// other tags, and renames it to `name` where the cloud's names can
+    /// change. The warm pool gives a pool VM its sandbox's owner tags (and
+    /// `podvm-<pod>-<id>` name) this way when it binds it, so tools that
+    /// find VMs by tag or name find it. Returns `false` where the cloud
+    /// cannot retag (the default): the VM then keeps its pool tags and
+    /// name, and the adaptor's records say whose it is.
+    async fn retag(
+        &self,
+        _instance_id: &str,
+        _name: &str,
+        _tags: &std::collections::BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError> {
+        Ok(false)
+    }
+
     /// The tail of the instance's serial console, where the cloud offers it.
     async fn console_tail(&self, _instance_id: &str) -> Option<String> {
         None

@@ -413,6 +413,31 @@ impl Provider for AwsProvider {
         }
     }
 
+    /// CreateTags adds or overwrites tags and keeps the others; the
+    /// `Name` tag is how EC2 names an instance, so a bound pool VM carries
+    /// the sandbox's `podvm-<pod>-<id>` name like a VM made for it.
+    async fn retag(
+        &self,
+        instance_id: &str,
+        name: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError> {
+        check_instance_id(instance_id)?;
+        let mut list: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        list.push(Tag::builder().key("Name").value(name).build());
+        self.client
+            .create_tags()
+            .resources(instance_id)
+            .set_tags(Some(list))
+            .send()
+            .await
+            .map_err(|e| from_sdk("CreateTags", e))?;
+        Ok(true)
+    }
+
     async fn list_instances(&self, owner: &OwnerTags) -> Result<Vec<Instance>, ProviderError> {
         let mut filters: Vec<Filter> = owner
             .to_map()

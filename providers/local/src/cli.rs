@@ -23,9 +23,9 @@ pub struct Args {
     /// Host bridge joining the instances' network namespaces.
     #[arg(long, env = "LOCAL_BRIDGE", default_value = "pplocal0")]
     pub bridge: String,
-    /// The /24 the local provider gives its instances (the bridge takes .1).
-    #[arg(long, env = "LOCAL_SUBNET", default_value = "10.213.0.0")]
-    pub subnet: std::net::Ipv4Addr,
+    /// The instances' network, address/prefix (16-30; a bare address is a /24); the bridge takes the first address.
+    #[arg(long, env = "LOCAL_SUBNET", default_value = "10.213.0.0/20")]
+    pub subnet: String,
 }
 
 impl Args {
@@ -46,7 +46,8 @@ impl Args {
             cfg.user_data_bin = b;
         }
         cfg.bridge = a.bridge;
-        cfg.subnet = a.subnet;
+        (cfg.subnet, cfg.prefix_len) = crate::parse_subnet(&a.subnet)
+            .map_err(|e| BuildError::config("local", format!("--subnet / LOCAL_SUBNET: {e}")))?;
         Ok(Arc::new(
             crate::LocalProvider::new(cfg).map_err(|e| BuildError::init("local", e))?,
         ))

@@ -59,14 +59,34 @@ pub struct LocalConfig {
     /// Host bridge joining the instances (created on demand, removed with
     /// the last instance).
     pub bridge: String,
-    /// The /24 network (x.y.z.0); the bridge takes .1, instances .2–.254.
+    /// The instances' network address; the bridge takes the first host
+    /// address, instances the rest.
     pub subnet: Ipv4Addr,
+    /// Its prefix length (16–30). The default /20 holds 4093 instances (a
+    /// /24 held 253: too few for a node running hundreds of sandboxes).
+    pub prefix_len: u8,
+}
+
+/// Parses `a.b.c.d/len` (or a bare address, meaning /24 as before).
+pub fn parse_subnet(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (addr, len) = match s.trim().split_once('/') {
+        Some((a, l)) => (
+            a,
+            l.parse::<u8>()
+                .map_err(|_| format!("subnet {s:?}: prefix length {l:?} is not a number"))?,
+        ),
+        None => (s.trim(), 24),
+    };
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("subnet {s:?}: {addr:?} is not an IPv4 address"))?;
+    Ok((addr, len))
 }
 
 impl LocalConfig {
     /// Defaults: binaries next to the running executable
     /// (`agent-protocol-forwarder`, `kata-agent-double`), bridge
-    /// `pplocal0`, subnet 10.213.0.0/24.
+    /// `pplocal0`, subnet 10.213.0.0/20.
     pub fn with_defaults(state_dir: impl Into<PathBuf>) -> Self {
         let dir = std::env::current_exe()
             .ok()
@@ -79,13 +99,28 @@ impl LocalConfig {
             user_data_bin: dir.join("process-user-data"),
             bridge: "pplocal0".into(),
             subnet: Ipv4Addr::new(10, 213, 0, 0),
+            prefix_len: 20,
         }
     }
 
-    /// Address `.last` of the subnet.
-    fn ip(&self, last: u8) -> Ipv4Addr {
-        let o = self.subnet.octets();
-        Ipv4Addr::new(o[0], o[1], o[2], last)
+    /// Host address number `index` of the subnet.
+    fn ip(&self, index: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet) + index)
+    }
+
+    /// Addresses in the subnet, network and broadcast included.
+    fn size(&self) -> u32 {
+        1u32 << (32 - u32::from(self.prefix_len.min(32)))
+    }
+
+    /// How many instances fit (all host addresses but the bridge's).
+    pub fn capacity(&self) -> u32 {
+        self.size().saturating_sub(3)
+    }
+
+    /// Whether `ip` lies in the subnet.
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip).wrapping_sub(u32::from(self.subnet)) < self.size()
     }
 
     /// The bridge's address: the instances' gateway.
@@ -97,8 +132,16 @@ impl LocalConfig {
 /// See the crate doc.
 pub struct LocalProvider {
     cfg: LocalConfig,
-    /// Creates and deletes run one at a time (address allocation, bridge).
+    /// Held for the short bookkeeping steps only — choosing an address
+    /// and recording the instance at create, removing its record and
+    /// deciding whether the bridge goes at delete — so many creates and
+    /// deletes build and tear down their namespaces at once.
     lock: Mutex<()>,
+    /// Leftovers of creates a crash interrupted are removed once, at the
+    /// first create (later ones cannot leave any while we run).
+    swept: std::sync::atomic::AtomicBool,
+    /// Where the next address search starts (see `free_index`).
+    cursor: std::sync::atomic::AtomicU32,
 }
 
 /// What one create has made so far; a failed create undoes exactly that.
@@ -219,10 +262,17 @@ impl LocalProvider {
             ))
             .into());
         }
-        if cfg.subnet.octets()[3] != 0 {
+        if !(16..=30).contains(&cfg.prefix_len) {
             return Err(Error::Config(format!(
-                "subnet {} must be a /24 network address (x.y.z.0)",
-                cfg.subnet
+                "subnet prefix length /{} must be between /16 and /30",
+                cfg.prefix_len
+            ))
+            .into());
+        }
+        if u32::from(cfg.subnet) & (cfg.size() - 1) != 0 {
+            return Err(Error::Config(format!(
+                "subnet {}/{} is not a network address (its host bits are not zero)",
+                cfg.subnet, cfg.prefix_len
             ))
             .into());
         }
@@ -250,6 +300,8 @@ impl LocalProvider {
         Ok(Self {
             cfg,
             lock: Mutex::new(()),
+            swept: std::sync::atomic::AtomicBool::new(false),
+            cursor: std::sync::atomic::AtomicU32::new(2),
         })
     }
 
@@ -267,8 +319,22 @@ impl LocalProvider {
         check_executable("kata-agent", &self.cfg.agent_bin)
     }
 
-    fn free_index(&self, existing: &[Meta]) -> Option<u8> {
-        (2..=254u8).find(|i| !existing.iter().any(|m| m.ip == self.cfg.ip(*i)))
+    /// The first free address at or after the cursor, wrapping around.
+    /// Addresses are handed out round-robin rather than lowest-first: a
+    /// freshly freed address would otherwise go to the next instance at
+    /// once, while the host's neighbour cache still maps it to the old
+    /// instance's MAC — connections to the new one then stall for
+    /// seconds until the stale entry is probed away.
+    fn free_index(&self, existing: &[Meta]) -> Option<u32> {
+        let used: std::collections::HashSet<Ipv4Addr> = existing.iter().map(|m| m.ip).collect();
+        let last = self.cfg.size() - 1;
+        let from = self
+            .cursor
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .clamp(2, last.max(2));
+        (from..last)
+            .chain(2..from)
+            .find(|i| !used.contains(&self.cfg.ip(*i)))
     }
 
     /// The steps of a create after its record exists; `made` tells a
@@ -296,7 +362,13 @@ impl LocalProvider {
         );
 
         let h = link::connect()?;
-        let bridge = link::ensure_bridge(&h, &self.cfg.bridge, self.cfg.gateway()).await?;
+        let bridge = link::ensure_bridge(
+            &h,
+            &self.cfg.bridge,
+            self.cfg.gateway(),
+            self.cfg.prefix_len,
+        )
+        .await?;
         // The peer gets a unique name in the host namespace; inside it
         // becomes eth0.
         let peer = format!("plp{}", &meta.id[1..]);
@@ -304,13 +376,14 @@ impl LocalProvider {
         made.veth = true;
         link::attach_veth(&h, &meta.veth, &peer, bridge, &ns).await?;
         let (ip, gw, ns_name) = (meta.ip, self.cfg.gateway(), meta.netns.clone());
+        let prefix = self.cfg.prefix_len;
         let step = format!("configure eth0 in {ns_name}");
         joined(
             tokio::task::spawn_blocking({
                 let step = step.clone();
                 move || {
                     netns::run_in(&ns_name, move || {
-                        link::configure_inside(&peer, ip, gw).map_err(std::io::Error::other)
+                        link::configure_inside(&peer, ip, prefix, gw).map_err(std::io::Error::other)
                     })
                     .step(step)
                 }
@@ -488,6 +561,7 @@ impl LocalProvider {
         }
 
         let dir = self.dir(&m.id);
+        let _g = self.lock.lock().await;
         state::remove_dir(&dir).step(format!("remove {}", dir.display()))?;
 
         // The bridge goes with the last instance on it.
@@ -510,7 +584,7 @@ impl LocalProvider {
         let bridge = link::index_of(&h, &self.cfg.bridge).await?;
         let mut addrs = h.address().get().execute();
         let mut out = Vec::new();
-        let net = self.cfg.subnet.octets();
+
         while let Some(a) = addrs.try_next().await.map_err(|e| link::LinkError {
             step: "list addresses".into(),
             detail: e.to_string(),
@@ -521,7 +595,7 @@ impl LocalProvider {
             }
             for attr in &a.attributes {
                 if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr {
-                    if ip.octets()[..3] == net[..3] {
+                    if self.cfg.contains(*ip) {
                         out.push(format!("{ip} on link #{}", a.header.index));
                     }
                 }
@@ -540,15 +614,21 @@ impl Provider for LocalProvider {
     async fn create_instance(&self, req: InstanceRequest) -> Result<Instance, ProviderError> {
         req.refuse_gpus("local")?;
         self.check_binaries()?;
-        let _g = self.lock.lock().await;
-        state::remove_unfinished(&self.cfg.state_dir);
+        let g = self.lock.lock().await;
+        if !self.swept.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            state::remove_unfinished(&self.cfg.state_dir);
+        }
         let existing = state::load_all(&self.cfg.state_dir);
         let index = self.free_index(&existing).ok_or_else(|| {
             Error::Full(format!(
-                "all 253 instance addresses of {}/24 are in use",
-                self.cfg.subnet
+                "all {} instance addresses of {}/{} are in use",
+                self.cfg.capacity(),
+                self.cfg.subnet,
+                self.cfg.prefix_len
             ))
         })?;
+        self.cursor
+            .store(index + 1, std::sync::atomic::Ordering::SeqCst);
         let id = loop {
             let id = state::random_id();
             if !self.dir(&id).exists() && !netns::path(&format!("pplocal-{id}")).exists() {
@@ -571,6 +651,7 @@ impl Provider for LocalProvider {
         // (the directory appears with its record in it, in one rename).
         state::create_with_meta(&dir, &meta)
             .step(format!("record the instance in {}", dir.display()))?;
+        drop(g);
         let mut made = Made::default();
         if let Err(e) = self.build(&mut meta, &dir, req.user_data, &mut made).await {
             tracing::warn!(instance = %id, error = %e, "create failed; removing what was made");
@@ -594,11 +675,7 @@ impl Provider for LocalProvider {
             );
             return Ok(());
         }
-        let _g = self.lock.lock().await;
-        let Some(m) = state::load_all(&self.cfg.state_dir)
-            .into_iter()
-            .find(|m| m.id == instance_id)
-        else {
+        let Some(m) = state::load(&self.cfg.state_dir, instance_id) else {
             tracing::debug!(
                 instance = instance_id,
                 "delete: no such local instance (already gone)"
@@ -643,17 +720,44 @@ impl Provider for LocalProvider {
         let clashes = self.subnet_clashes().await?;
         if !clashes.is_empty() {
             return Err(Error::Config(format!(
-                "subnet {}/24 is already used on this host ({}): choose another",
+                "subnet {}/{} is already used on this host ({}): choose another",
                 self.cfg.subnet,
+                self.cfg.prefix_len,
                 clashes.join(", ")
             ))
             .into());
         }
         lines.push(format!(
-            "instances on bridge {} in {}/24 (no other link uses that subnet)",
-            self.cfg.bridge, self.cfg.subnet
+            "instances on bridge {} in {}/{} (room for {}; no other link uses that subnet)",
+            self.cfg.bridge,
+            self.cfg.subnet,
+            self.cfg.prefix_len,
+            self.cfg.capacity()
         ));
         Ok(lines)
+    }
+
+    /// The record's tags and name (what `list` reports) change; the
+    /// instance's namespace and links keep their id-based names.
+    async fn retag(
+        &self,
+        instance_id: &str,
+        name: &str,
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError> {
+        check_instance_id(instance_id)?;
+        let _g = self.lock.lock().await;
+        let Some(mut m) = state::load(&self.cfg.state_dir, instance_id) else {
+            return Err(ProviderError::new(
+                peerpod_provider_api::ErrorKind::NotFound,
+                format!("retag: no local instance {instance_id}"),
+            ));
+        };
+        m.tags
+            .extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+        m.name = name.to_string();
+        state::save(&self.dir(instance_id), &m).step(format!("retag instance {instance_id}"))?;
+        Ok(true)
     }
 
     async fn console_tail(&self, instance_id: &str) -> Option<String> {
@@ -699,6 +803,17 @@ mod tests {
         c.subnet = Ipv4Addr::new(10, 0, 0, 5);
         assert!(LocalProvider::new(c).is_err());
         let mut c = cfg(d.path());
+        c.subnet = Ipv4Addr::new(10, 0, 8, 0);
+        assert!(
+            LocalProvider::new(c.clone()).is_err(),
+            "10.0.8.0 is not a /20 network"
+        );
+        c.prefix_len = 24;
+        assert!(LocalProvider::new(c).is_ok());
+        let mut c = cfg(d.path());
+        c.prefix_len = 31;
+        assert!(LocalProvider::new(c).is_err());
+        let mut c = cfg(d.path());
         c.state_dir = d.path().join("x".repeat(100));
         let e = LocalProvider::new(c).err().unwrap();
         assert!(e.message.contains("too long"), "{e}");
@@ -715,6 +830,8 @@ mod tests {
         let c = LocalConfig::with_defaults("/var/lib/peerpod/local");
         assert_eq!(c.bridge, "pplocal0");
         assert_eq!(c.subnet, Ipv4Addr::new(10, 213, 0, 0));
+        assert_eq!(c.prefix_len, 20);
+        assert_eq!(c.capacity(), 4093);
         assert_eq!(c.gateway(), Ipv4Addr::new(10, 213, 0, 1));
         assert!(c.agent_bin.ends_with("kata-agent-double"));
         assert!(c.forwarder_bin.ends_with("agent-protocol-forwarder"));
@@ -724,11 +841,11 @@ mod tests {
     fn smallest_free_address() {
         let d = tempfile::tempdir().unwrap();
         let p = LocalProvider::new(cfg(d.path())).unwrap();
-        let m = |last: u8| Meta {
+        let m = |index: u32| Meta {
             id: "l0000000000".into(),
             name: String::new(),
             tags: Default::default(),
-            ip: Ipv4Addr::new(10, 213, 0, last),
+            ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 213, 0, 0)) + index),
             netns: String::new(),
             veth: String::new(),
             bridge: String::new(),
@@ -737,8 +854,28 @@ mod tests {
         };
         assert_eq!(p.free_index(&[]), Some(2));
         assert_eq!(p.free_index(&[m(2), m(4)]), Some(3));
-        let full: Vec<Meta> = (2..=254).map(m).collect();
+        // Round-robin: after .9 was handed out, a freed .3 waits its turn.
+        p.cursor.store(10, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(p.free_index(&[m(2), m(4)]), Some(10));
+        let tail: Vec<Meta> = (10..4095).map(m).collect();
+        assert_eq!(p.free_index(&tail), Some(2), "wraps around");
+        p.cursor.store(2, std::sync::atomic::Ordering::SeqCst);
+        // Past the old /24: .0.255 and .1.0 are ordinary host addresses of a /20.
+        let many: Vec<Meta> = (2..300).map(m).collect();
+        assert_eq!(p.free_index(&many), Some(300));
+        assert_eq!(p.config().ip(300), Ipv4Addr::new(10, 213, 1, 44));
+        let full: Vec<Meta> = (2..4095).map(m).collect();
         assert_eq!(p.free_index(&full), None);
+        assert_eq!(full.len() as u32, p.config().capacity());
+        assert_eq!(
+            parse_subnet("10.9.0.0/22").unwrap(),
+            (Ipv4Addr::new(10, 9, 0, 0), 22)
+        );
+        assert_eq!(parse_subnet("10.9.1.0").unwrap().1, 24);
+        assert!(parse_subnet("10.9.0.0/x")
+            .unwrap_err()
+            .contains("prefix length"));
+        assert!(parse_subnet("nope/20").unwrap_err().contains("not an IPv4"));
     }
 
     #[test]

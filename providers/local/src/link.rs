@@ -96,11 +96,22 @@ pub async fn port_count(h: &Handle, index: u32) -> Result<usize, LinkError> {
     Ok(n)
 }
 
-async fn add_address(h: &Handle, index: u32, ip: Ipv4Addr, what: &str) -> Result<(), LinkError> {
-    match h.address().add(index, IpAddr::V4(ip), 24).execute().await {
+async fn add_address(
+    h: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+    what: &str,
+) -> Result<(), LinkError> {
+    match h
+        .address()
+        .add(index, IpAddr::V4(ip), prefix_len)
+        .execute()
+        .await
+    {
         Ok(()) => Ok(()),
         Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
-        Err(e) => Err(err(format!("add address {ip}/24 to {what}"))(e)),
+        Err(e) => Err(err(format!("add address {ip}/{prefix_len} to {what}"))(e)),
     }
 }
 
@@ -112,10 +123,15 @@ async fn up(h: &Handle, index: u32, what: &str) -> Result<(), LinkError> {
         .map_err(err(format!("bring {what} up")))
 }
 
-/// Makes sure the bridge exists, is up and carries `ip`/24; returns its
-/// index. A link of that name that is not a bridge is an error (and is
-/// left alone).
-pub async fn ensure_bridge(h: &Handle, name: &str, ip: Ipv4Addr) -> Result<u32, LinkError> {
+/// Makes sure the bridge exists, is up and carries `ip`/`prefix_len`;
+/// returns its index. A link of that name that is not a bridge is an
+/// error (and is left alone).
+pub async fn ensure_bridge(
+    h: &Handle,
+    name: &str,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<u32, LinkError> {
     let index = match get(h, name).await? {
         Some(l) if is_bridge(&l) => l.header.index,
         Some(_) => {
@@ -125,7 +141,14 @@ pub async fn ensure_bridge(h: &Handle, name: &str, ip: Ipv4Addr) -> Result<u32, 
             ))
         }
         None => {
-            match h.link().add(LinkBridge::new(name).build()).execute().await {
+            // A fixed address: a bridge otherwise takes the lowest MAC
+            // of its ports, so it changes whenever an instance comes or
+            // goes — and every instance's cached gateway MAC goes stale,
+            // stalling its replies to the adaptor for seconds.
+            let msg = LinkBridge::new(name)
+                .address(bridge_mac(name).to_vec())
+                .build();
+            match h.link().add(msg).execute().await {
                 Ok(()) => tracing::info!(bridge = name, "created host bridge"),
                 Err(e) if is_errno(&e, libc::EEXIST) => {}
                 Err(e) => return Err(err(format!("create bridge {name}"))(e)),
@@ -135,9 +158,21 @@ pub async fn ensure_bridge(h: &Handle, name: &str, ip: Ipv4Addr) -> Result<u32, 
             })?
         }
     };
-    add_address(h, index, ip, name).await?;
+    add_address(h, index, ip, prefix_len, name).await?;
     up(h, index, &format!("bridge {name}")).await?;
     Ok(index)
+}
+
+/// A locally administered unicast MAC derived from the bridge name.
+pub fn bridge_mac(name: &str) -> [u8; 6] {
+    // FNV-1a: stable across runs and versions (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    [0x02, b[3], b[4], b[5], b[6], b[7]]
 }
 
 /// Deletes the bridge `name` if it is a bridge without ports; returns
@@ -211,9 +246,14 @@ pub async fn attach_veth(
 
 /// Inside the instance namespace (call on a thread that entered it; it
 /// runs its own single-threaded runtime): renames `peer` to `eth0`, gives
-/// it `ip`/24, brings it and `lo` up and routes everything else via
-/// `gateway` (the bridge), as a cloud VM's network is set up.
-pub fn configure_inside(peer: &str, ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), LinkError> {
+/// it `ip`/`prefix_len`, brings it and `lo` up and routes everything else
+/// via `gateway` (the bridge), as a cloud VM's network is set up.
+pub fn configure_inside(
+    peer: &str,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Ipv4Addr,
+) -> Result<(), LinkError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -228,7 +268,7 @@ pub fn configure_inside(peer: &str, ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<(
             .execute()
             .await
             .map_err(err("rename the instance's interface to eth0"))?;
-        add_address(&h, idx, ip, "eth0").await?;
+        add_address(&h, idx, ip, prefix_len, "eth0").await?;
         up(&h, idx, "eth0").await?;
         if let Some(lo) = index_of(&h, "lo").await? {
             up(&h, lo, "lo").await?;
@@ -254,5 +294,19 @@ pub async fn delete(h: &Handle, name: &str) -> Result<(), LinkError> {
         Ok(()) => Ok(()),
         Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
         Err(e) => Err(err(format!("delete link {name}"))(e)),
+    }
+}
+
+#[cfg(test)]
+mod mac_tests {
+    use super::bridge_mac;
+
+    #[test]
+    fn bridge_mac_is_stable_unicast_and_local() {
+        let m = bridge_mac("pplocal0");
+        assert_eq!(m, bridge_mac("pplocal0"));
+        assert_ne!(m, bridge_mac("pplocal1"));
+        assert_eq!(m[0] & 1, 0, "unicast");
+        assert_eq!(m[0] & 2, 2, "locally administered");
     }
 }

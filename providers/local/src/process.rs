@@ -103,26 +103,55 @@ pub fn spawn_in(spec: &Spawn, netns: &std::fs::File) -> io::Result<ProcRef> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn()?;
+    let child = cmd.spawn()?;
     let pid = child.id();
     // Read before the reaper can collect it (a zombie still has its stat).
     let start_time = stat(pid).map(|(_, s)| s).unwrap_or(0);
-    let what = spec.what.clone();
-    let reaper = std::thread::Builder::new()
-        .name(format!("reap-{pid}"))
-        .spawn(move || match child.wait() {
-            Ok(status) => tracing::info!(what = %what, pid, %status, "instance process exited"),
-            Err(e) => tracing::warn!(what = %what, pid, error = %e, "waiting for instance process"),
-        });
-    if let Err(e) = reaper {
-        // Not fatal: the process runs; it stays a zombie after it exits.
-        tracing::warn!(pid, error = %e, "no reaper thread for instance process");
-    }
+    reap(child, spec.what.clone());
     Ok(ProcRef {
         what: spec.what.clone(),
         pid,
         start_time,
     })
+}
+
+/// Collects `child` once it exits, so it never lingers as a zombie while
+/// we run. On a tokio runtime that is a task waiting on the child's pidfd
+/// (cheap at hundreds of instances); otherwise a thread blocked in wait.
+fn reap(mut child: std::process::Child, what: String) {
+    let pid = child.id();
+    let report = move |r: io::Result<std::process::ExitStatus>| match r {
+        Ok(status) => tracing::info!(what = %what, pid, %status, "instance process exited"),
+        Err(e) => tracing::warn!(what = %what, pid, error = %e, "waiting for instance process"),
+    };
+    if let (Ok(rt), Ok(fd)) = (tokio::runtime::Handle::try_current(), pidfd_open(pid)) {
+        rt.spawn(async move {
+            // A pidfd turns readable when its process exits.
+            // SAFETY: an OwnedFd keeps its descriptor open and unchanged
+            // until the AsyncFd (which owns it) is dropped.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            };
+            match registered {
+                Ok(afd) => {
+                    let _ = afd.readable().await;
+                    report(child.wait());
+                }
+                Err(_) => {
+                    // Detached: the blocking wait outlives this task.
+                    drop(tokio::task::spawn_blocking(move || report(child.wait())));
+                }
+            }
+        });
+        return;
+    }
+    let reaper = std::thread::Builder::new()
+        .name(format!("reap-{pid}"))
+        .spawn(move || report(child.wait()));
+    if let Err(e) = reaper {
+        // Not fatal: the process runs; it stays a zombie after it exits.
+        tracing::warn!(pid, error = %e, "no reaper thread for instance process");
+    }
 }
 
 /// A process to stop, held by a pidfd where the kernel offers one (so a

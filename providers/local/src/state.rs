@@ -161,6 +161,16 @@ pub fn remove_unfinished(state_dir: &Path) -> usize {
     removed
 }
 
+/// The record of instance `id`, if it is there and readable.
+pub fn load(state_dir: &Path, id: &str) -> Option<Meta> {
+    if !valid_id(id) {
+        return None;
+    }
+    let p = instances_dir(state_dir).join(id).join("meta.json");
+    let m: Meta = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+    (m.id == id).then_some(m)
+}
+
 /// Every instance on disk, oldest first. Entries whose name is not an
 /// instance id or whose record is unreadable or names another id are
 /// logged and skipped.

@@ -107,6 +107,7 @@ impl World {
             user_data_bin: user_data_bin(),
             bridge: self.bridge.clone(),
             subnet: self.subnet,
+            prefix_len: 24,
         }
     }
 
@@ -803,6 +804,7 @@ async fn crashing_adaptor() {
         user_data_bin: user_data_bin(),
         bridge: f[3].into(),
         subnet: f[4].parse().unwrap(),
+        prefix_len: 24,
     })
     .unwrap();
     let inst = p.create_instance(request("node-a", "crash")).await.unwrap();

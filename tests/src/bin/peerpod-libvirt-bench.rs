@@ -7,6 +7,9 @@
 //! - readiness: "forwarder listening" seen → StartVM returned (the
 //!   adaptor's Health check end to end).
 //!
+//! Then `--warm-runs` StartVMs from a warm pool of one VM (booted, and
+//! refilled, between runs; StartVM binds it), in the same run.
+//!
 //! Prints each run and the p50 of each phase. Needs root and libvirt
 //! (`scripts/setup.sh --libvirt`); makes its own network and pool.
 //! `cargo run -p peerpod-tests --features libvirt --bin peerpod-libvirt-bench -- --runs 5`
@@ -28,6 +31,9 @@ use std::time::{Duration, Instant};
 struct Args {
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Runs from the warm pool after the cold ones (0: none).
+    #[arg(long, default_value_t = 5)]
+    warm_runs: usize,
     /// Domain type (qemu = TCG, kvm, auto = probe).
     #[arg(long, default_value = "qemu")]
     domain_type: String,
@@ -73,7 +79,11 @@ fn p50(v: &[Duration]) -> Duration {
 }
 
 fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
+    if d < Duration::from_secs(1) {
+        format!("{:.0} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -186,6 +196,80 @@ async fn main() -> anyhow::Result<()> {
         secs(p50(&readies)),
         secs(p50(&totals))
     );
+    daemon.shutdown().await;
+    if args.warm_runs > 0 {
+        warm(&args, &env, provider.clone()).await?;
+    }
+    Ok(())
+}
+
+/// StartVM → ready from the warm pool: a pool of one VM, refilled (and
+/// booted) between runs, bound at each StartVM.
+async fn warm(args: &Args, env: &LibvirtEnv, provider: Arc<Timed>) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = config_in(dir.path(), &format!("warm-{}", env.token));
+    let _domains = peerpod_tests::libvirt_env::PoolDomains(cfg.state_dir.join("pool"));
+    cfg.worker_ip = Some(env.gateway.into());
+    cfg.start_timeout = Duration::from_secs(120);
+    cfg.warm_pool = cloud_api_adaptor::pool::PoolSettings {
+        keys: vec![cloud_api_adaptor::pool::KeySpec {
+            key: Default::default(),
+            size: 1,
+            initdata: None,
+        }],
+        creates_per_minute: 600,
+        boot_timeout: Duration::from_secs(120),
+    };
+    let daemon = Daemon::start(cfg.clone(), provider).await?;
+    let m = daemon.manager.clone();
+    let h = Hypervisor::connect(&cfg.socket).await?;
+    let mut totals = Vec::new();
+    for run in 0..args.warm_runs {
+        let refill = Instant::now();
+        while m.pool_ready() < 1 {
+            anyhow::ensure!(
+                refill.elapsed() < Duration::from_secs(120),
+                "the pool VM did not boot"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let id = format!("warm{run}{}", env.token);
+        h.create_vm(
+            &id,
+            shim_annotations(&format!("w{}", env.token), "default"),
+            "",
+        )
+        .await?;
+        let t0 = Instant::now();
+        h.start_vm(&id, Duration::from_secs(120))
+            .await
+            .with_context(|| format!("StartVM {id}"))?;
+        let total = t0.elapsed();
+        println!(
+            "warm run {run}: StartVM from the pool {} (pool VM booted in the background; refill waited {})",
+            secs(total),
+            secs(refill.elapsed().saturating_sub(total))
+        );
+        totals.push(total);
+        h.stop_vm(&id).await?;
+    }
+    let text = m.metrics_text().await;
+    let hits = text
+        .lines()
+        .find(|l| l.starts_with("peerpod_warm_pool_hits_total"))
+        .unwrap_or("no hits")
+        .to_string();
+    println!(
+        "p50 of {} warm runs ({}): StartVM from the pool {} ({hits})",
+        args.warm_runs,
+        args.domain_type,
+        secs(p50(&totals))
+    );
+    m.drain_pool();
+    while m.pool_len() > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    m.wait_teardowns().await;
     daemon.shutdown().await;
     Ok(())
 }

@@ -1,0 +1,439 @@
+//! The warm pool end to end with the local provider (real namespaces,
+//! veths, VXLAN, forwarder and agent processes): a pool VM boots in
+//! bootstrap state, StartVM binds it — pod network, certificate, registry
+//! credentials sent over the pinned bootstrap channel — and the pool
+//! refills; a pod with its own initdata takes the cold path; pool VMs
+//! survive a restart, the surplus goes when the pool shrinks, orphan
+//! collection keeps live pool VMs and deletes pool VMs no record knows,
+//! and a drain deletes them all. Needs root.
+
+use cloud_api_adaptor::client::{agent_health, shim_annotations, Hypervisor};
+use cloud_api_adaptor::pool::{KeySpec, PoolKey, PoolSettings, TAG_POOL};
+use cloud_api_adaptor::{AdaptorConfig, Daemon};
+use peerpod_provider_api::{InstanceRequest, OwnerTags, Provider};
+use peerpod_provider_local::{LocalConfig, LocalProvider};
+use peerpod_tests::bins::bin_path;
+use peerpod_tests::harness::{config_in, init_logging};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const AUTH: &str = r#"{"auths":{"registry.example":{"auth":"d2FybXBvb2w6c2VjcmV0"}}}"#;
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Namespaces and bridges of the test, removed even when it fails.
+struct Cleanup {
+    netns: Vec<String>,
+    links: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for n in &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+        for l in &self.links {
+            let _ = Command::new("ip").args(["link", "del", l]).output();
+        }
+    }
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the warm pool tests need root (network namespaces, veth, VXLAN)"
+    );
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    tag: String,
+    bridge: String,
+    subnet: std::net::Ipv4Addr,
+}
+
+impl World {
+    fn new(third: u8) -> Self {
+        let tag = format!("{:05x}", rand::random::<u32>() & 0xf_ffff);
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            bridge: format!("ppw{tag}"),
+            tag,
+            subnet: std::net::Ipv4Addr::new(10, 218, third, 0),
+        }
+    }
+
+    fn provider(&self) -> Arc<LocalProvider> {
+        let mut lc = LocalConfig::with_defaults(self.dir.path().join("local"));
+        lc.forwarder_bin = bin_path("agent-protocol-forwarder");
+        lc.agent_bin = bin_path("kata-agent-double");
+        lc.user_data_bin = bin_path("process-user-data");
+        lc.bridge = self.bridge.clone();
+        lc.subnet = self.subnet;
+        lc.prefix_len = 24;
+        Arc::new(LocalProvider::new(lc).unwrap())
+    }
+
+    fn config(&self, pool: usize) -> AdaptorConfig {
+        let mut cfg = config_in(self.dir.path(), &format!("warm-{}", self.tag));
+        cfg.worker_ip = Some(std::net::Ipv4Addr::from(u32::from(self.subnet) + 1).into());
+        cfg.start_timeout = Duration::from_secs(30);
+        cfg.registry_auth = Some(AUTH.into());
+        cfg.orphans.interval = Duration::ZERO;
+        cfg.orphans.grace = Duration::ZERO;
+        cfg.warm_pool = PoolSettings {
+            keys: vec![KeySpec {
+                key: PoolKey::default(),
+                size: pool,
+                initdata: None,
+            }],
+            creates_per_minute: 6000,
+            boot_timeout: Duration::from_secs(30),
+        };
+        cfg
+    }
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn pool_instances(p: &LocalProvider, node: &str) -> Vec<peerpod_provider_api::Instance> {
+    p.list_instances(&OwnerTags::new("", node, ""))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.tags.contains_key(TAG_POOL) && !i.tags.contains_key("peerpod-sandbox"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startvm_binds_a_pool_vm_with_the_pod_network_and_the_pool_refills() {
+    require_root();
+    init_logging();
+    let w = World::new(40 + (rand::random::<u8>() % 100));
+    let (cni, pod, peer) = (
+        format!("ppw-c{}", w.tag),
+        format!("ppw-p{}", w.tag),
+        format!("ppw-q{}", w.tag),
+    );
+    let mut clean = Cleanup {
+        netns: vec![cni.clone(), pod.clone(), peer.clone()],
+        links: vec![w.bridge.clone()],
+    };
+    sh(&format!(
+        "ip netns add {cni} && ip netns add {pod} && ip netns add {peer} && \
+         ip -n {cni} link add br0 type bridge && ip -n {cni} link set br0 up && \
+         ip link add eth0 netns {pod} type veth peer name p0 netns {cni} && \
+         ip -n {cni} link set p0 master br0 up && ip -n {pod} link set eth0 up && \
+         ip -n {pod} addr add 10.96.0.2/24 dev eth0 && ip -n {pod} route add default via 10.96.0.1 && \
+         ip link add eth0 netns {peer} type veth peer name q0 netns {cni} && \
+         ip -n {cni} link set q0 master br0 up && ip -n {peer} link set eth0 up && \
+         ip -n {peer} addr add 10.96.0.3/24 dev eth0"
+    ));
+    let provider = w.provider();
+    let cfg = w.config(1);
+    let daemon = Daemon::start(cfg.clone(), provider.clone()).await.unwrap();
+    let m = daemon.manager.clone();
+    wait_for("a ready pool VM", || m.pool_ready() == 1).await;
+    let pooled = pool_instances(&provider, &cfg.node_name).await;
+    assert_eq!(pooled.len(), 1);
+    let pool_vm = pooled[0].clone();
+    assert!(pool_vm.name.starts_with("podvm-pool-"), "{}", pool_vm.name);
+    // The pool VM's user data is a bootstrap config: no per-pod secret.
+    let ud = std::fs::read_to_string(
+        w.dir
+            .path()
+            .join("local/instances")
+            .join(&pool_vm.id)
+            .join("run/daemon.json"),
+    )
+    .unwrap();
+    assert!(ud.contains("\"bootstrap\""), "{ud}");
+    assert!(
+        !w.dir
+            .path()
+            .join("local/instances")
+            .join(&pool_vm.id)
+            .join("run/auth.json")
+            .exists(),
+        "no registry credentials before the bind"
+    );
+
+    let h = Hypervisor::connect(&cfg.socket).await.unwrap();
+    let id = format!("sbwarm{}", w.tag);
+    let sock = h
+        .create_vm(
+            &id,
+            shim_annotations("web", "default"),
+            &format!("/run/netns/{pod}"),
+        )
+        .await
+        .unwrap();
+    h.start_vm(&id, Duration::from_secs(30))
+        .await
+        .expect("StartVM from the pool");
+    let metrics = m.metrics_text().await;
+    assert!(
+        metrics.contains("peerpod_warm_pool_hits_total{key=\"default\"} 1"),
+        "{metrics}"
+    );
+    // The sandbox runs on the pool VM.
+    let listed = m.list().await;
+    let me = listed.iter().find(|s| s.id == id).unwrap();
+    assert_eq!(me.instance_id.as_deref(), Some(pool_vm.id.as_str()));
+    agent_health(std::path::Path::new(&sock), Duration::from_secs(5))
+        .await
+        .expect("agent answers through the bound VM");
+    // Bound: the sandbox's config and registry credentials are in the VM.
+    let run = w
+        .dir
+        .path()
+        .join("local/instances")
+        .join(&pool_vm.id)
+        .join("run");
+    wait_for("the bound config on disk", || {
+        std::fs::read_to_string(run.join("daemon.json")).is_ok_and(|c| c.contains(&id))
+    })
+    .await;
+    let bound = std::fs::read_to_string(run.join("daemon.json")).unwrap();
+    assert!(
+        bound.contains(&id) && !bound.contains("\"bootstrap\""),
+        "{bound}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("auth.json")).unwrap(),
+        AUTH
+    );
+    // Retagged: found by the sandbox's owner tags like a cold VM.
+    wait_for("retag", || {
+        futures::executor::block_on(provider.list_instances(&OwnerTags::new(
+            "",
+            &*cfg.node_name,
+            &*id,
+        )))
+        .map(|v| v.len() == 1)
+        .unwrap_or(false)
+    })
+    .await;
+    // The pod network came with the bind: a peer on the CNI bridge
+    // reaches the pod address in the VM through the tunnel.
+    let vm_pod_ns = sh("ip netns list | awk '{print $1}' | grep '^pplocal-.*-pod$'");
+    for n in vm_pod_ns.lines() {
+        clean.netns.push(n.to_string());
+    }
+    sh(&format!("ip netns exec {peer} ping -c 2 -W 3 10.96.0.2"));
+
+    // The pool refills with a new VM.
+    wait_for("the pool refilled", || m.pool_ready() == 1).await;
+    let refilled = pool_instances(&provider, &cfg.node_name).await;
+    assert_eq!(refilled.len(), 1);
+    assert_ne!(refilled[0].id, pool_vm.id);
+
+    // A pod with its own initdata: no VM has its measured initdata, so
+    // it boots its own (cold path, deterministic name).
+    let mut a = shim_annotations("tenant", "default");
+    a.insert(
+        cloud_api_adaptor::annotations::INITDATA.into(),
+        "dmVyc2lvbiA9ICIwLjEuMCIK".into(),
+    );
+    let cold = format!("sbcold{}", w.tag);
+    h.create_vm(&cold, a, "").await.unwrap();
+    h.start_vm(&cold, Duration::from_secs(30))
+        .await
+        .expect("cold StartVM");
+    let metrics = m.metrics_text().await;
+    assert!(
+        metrics.contains("peerpod_warm_pool_misses_total{key=\"initdata="),
+        "{metrics}"
+    );
+    let cold_vm = provider
+        .list_instances(&OwnerTags::new("", &*cfg.node_name, &*cold))
+        .await
+        .unwrap();
+    assert_eq!(cold_vm.len(), 1);
+    assert!(
+        cold_vm[0].name.starts_with("podvm-tenant-"),
+        "{}",
+        cold_vm[0].name
+    );
+    assert_eq!(m.pool_ready(), 1, "the cold start did not take the pool VM");
+
+    h.stop_vm(&id).await.unwrap();
+    h.stop_vm(&cold).await.unwrap();
+    m.wait_teardowns().await;
+    // Drain (uninstall): every pool VM goes, nothing is made again.
+    m.drain_pool();
+    wait_for("drained", || m.pool_len() == 0).await;
+    m.wait_teardowns().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let left = provider
+        .list_instances(&OwnerTags::new("", &*cfg.node_name, ""))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_vms_survive_a_restart_surplus_goes_and_orphans_are_told_apart() {
+    require_root();
+    init_logging();
+    let w = World::new(150 + (rand::random::<u8>() % 100));
+    let _clean = Cleanup {
+        netns: Vec::new(),
+        links: vec![w.bridge.clone()],
+    };
+    let provider = w.provider();
+    let cfg = w.config(2);
+    let daemon = Daemon::start(cfg.clone(), provider.clone()).await.unwrap();
+    let m = daemon.manager.clone();
+    wait_for("two ready pool VMs", || m.pool_ready() == 2).await;
+    let before: Vec<String> = pool_instances(&provider, &cfg.node_name)
+        .await
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(before.len(), 2);
+
+    // A pool-tagged VM no record knows (a crashed create of another
+    // adaptor on this node, a record lost by hand) is an orphan; the
+    // live pool VMs are not.
+    let mut tags = BTreeMap::new();
+    tags.insert(TAG_POOL.to_string(), "podvm-pool-unknown00".to_string());
+    let stray_id = provider
+        .create_instance(InstanceRequest {
+            name: "podvm-pool-unknown00".into(),
+            owner: OwnerTags::new("", &*cfg.node_name, ""),
+            extra_tags: tags,
+            vcpus: None,
+            memory_mib: None,
+            image: None,
+            machine_type: None,
+            user_data: peerpod_vmconfig::userdata::UserData {
+                forwarder: peerpod_vmconfig::ForwarderConfig::new("stray", None),
+                initdata: None,
+                registry_auth: None,
+            }
+            .to_cloud_config(),
+        })
+        .await
+        .expect("creating the stray VM")
+        .id;
+    let report = m.collect_orphans().await.unwrap();
+    assert_eq!(report.deleted, vec![stray_id.clone()], "{report:?}");
+    let now: Vec<String> = pool_instances(&provider, &cfg.node_name)
+        .await
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(now.len(), 2, "live pool VMs are not orphans");
+
+    // Restart with the same size: the same VMs, offered again.
+    daemon.shutdown().await;
+    let daemon = Daemon::start(cfg.clone(), provider.clone()).await.unwrap();
+    let m = daemon.manager.clone();
+    wait_for("pool VMs re-offered", || m.pool_ready() == 2).await;
+    let mut again: Vec<String> = pool_instances(&provider, &cfg.node_name)
+        .await
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    again.sort();
+    let mut b = before.clone();
+    b.sort();
+    assert_eq!(again, b, "a restart keeps the pool VMs");
+
+    // Restart with the pool lowered to 1: one is deleted.
+    daemon.shutdown().await;
+    let daemon = Daemon::start(w.config(1), provider.clone()).await.unwrap();
+    let m = daemon.manager.clone();
+    wait_for("surplus deleted", || m.pool_len() == 1).await;
+    m.wait_teardowns().await;
+    assert_eq!(pool_instances(&provider, &cfg.node_name).await.len(), 1);
+    daemon.shutdown().await;
+
+    // Off (0): the rest goes.
+    let daemon = Daemon::start(w.config(0), provider.clone()).await.unwrap();
+    let m = daemon.manager.clone();
+    wait_for("pool emptied", || m.pool_len() == 0).await;
+    m.wait_teardowns().await;
+    assert!(pool_instances(&provider, &cfg.node_name).await.is_empty());
+    daemon.shutdown().await;
+}
+
+/// A pool VM that cannot be bound (its forwarder died after it was
+/// offered): StartVM deletes it and starts the sandbox cold, within the
+/// same call. Runs on the loopback process provider (no root needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_bind_deletes_the_pool_vm_and_the_start_goes_cold() {
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path(), "fallback-node");
+    let provider = Arc::new(peerpod_tests::process_provider::ProcessProvider::new(
+        &dir.path().join("instances"),
+        cfg.forwarder_port,
+    ));
+    cfg.start_timeout = Duration::from_secs(30);
+    cfg.connect_timeout = Duration::from_millis(500);
+    cfg.warm_pool = PoolSettings {
+        keys: vec![KeySpec {
+            key: PoolKey::default(),
+            size: 1,
+            initdata: None,
+        }],
+        // One create a minute: no refill during the test.
+        creates_per_minute: 1,
+        boot_timeout: Duration::from_secs(30),
+    };
+    let daemon = Daemon::start(cfg.clone(), provider.clone()).await.unwrap();
+    let m = daemon.manager.clone();
+    wait_for("a ready pool VM", || m.pool_ready() == 1).await;
+    let pool_vm = provider.live().pop().unwrap();
+    assert!(provider.kill_forwarder(&pool_vm).await);
+
+    let h = Hypervisor::connect(&cfg.socket).await.unwrap();
+    let sock = h
+        .create_vm("sbfallback", shim_annotations("web", "default"), "")
+        .await
+        .unwrap();
+    h.start_vm("sbfallback", Duration::from_secs(30))
+        .await
+        .expect("StartVM falls back to a cold start");
+    let s = &m.list().await[0];
+    assert_ne!(s.instance_id.as_deref(), Some(pool_vm.as_str()));
+    assert_eq!(s.pool_vm, None);
+    agent_health(std::path::Path::new(&sock), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let metrics = m.metrics_text().await;
+    assert!(
+        metrics.contains("peerpod_warm_pool_hits_total{key=\"default\"} 1"),
+        "{metrics}"
+    );
+    wait_for("the unusable pool VM deleted", || {
+        !provider.live().contains(&pool_vm)
+    })
+    .await;
+    assert!(
+        m.pool_len() == 0 || m.pool_ready() == 0,
+        "the broken VM is not offered again"
+    );
+    h.stop_vm("sbfallback").await.unwrap();
+    m.wait_teardowns().await;
+    daemon.shutdown().await;
+}
