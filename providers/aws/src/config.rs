@@ -8,6 +8,10 @@ use peerpod_provider_api::settings::{bad, non_empty, parse_bool, parse_list};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// The settings without which `check` fails (env names). The chart's
+/// providers/aws.yaml and its render-time check are generated from it.
+pub const REQUIRED_ENV: &[&str] = &["PODVM_AMI_ID"];
+
 /// Default instance type (the Go adaptor's).
 pub const DEFAULT_INSTANCE_TYPE: &str = "m6a.large";
 /// Largest user data EC2 accepts (raw, before base64).
@@ -163,6 +167,27 @@ impl RawAwsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// REQUIRED_ENV is exactly what `check` requires: with only those set
+    /// it passes, and without any one of them it fails naming that key.
+    #[test]
+    fn required_env_is_what_check_requires() {
+        let set = |r: &mut RawAwsConfig, key: &str| match key {
+            "PODVM_AMI_ID" => r.ami_id = Some("ami-0123".into()),
+            other => panic!("{other} in REQUIRED_ENV has no field here"),
+        };
+        let mut all = RawAwsConfig::default();
+        REQUIRED_ENV.iter().for_each(|k| set(&mut all, k));
+        all.check().expect("the required keys alone suffice");
+        for missing in REQUIRED_ENV {
+            let mut r = RawAwsConfig::default();
+            REQUIRED_ENV
+                .iter()
+                .filter(|k| *k != missing)
+                .for_each(|k| set(&mut r, k));
+            assert_eq!(r.check().unwrap_err().key, *missing);
+        }
+    }
 
     fn raw() -> RawAwsConfig {
         RawAwsConfig {
