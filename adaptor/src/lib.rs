@@ -9,6 +9,7 @@ pub mod ca;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod config_reference;
 pub mod daemon;
 pub mod framing_guard;
 pub mod lifecycle;
