@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod orphans;
 pub mod pod_network;
 pub mod probes;
+pub mod provider_env;
 pub mod provider_timeout;
 pub mod readiness;
 pub mod service;
