@@ -228,10 +228,10 @@ fn comment(out: &mut String, indent: &str, text: &str) {
 }
 
 fn setting_block(out: &mut String, s: &Setting, required: bool) {
-    let head = if s.flag.is_empty() {
-        s.help.clone()
-    } else {
-        format!("{}: {}", s.flag, s.help)
+    let head = match (s.flag.is_empty(), s.help.is_empty()) {
+        (true, _) => s.help.clone(),
+        (false, true) => s.flag.clone(),
+        (false, false) => format!("{}: {}", s.flag, s.help),
     };
     comment(out, "  ", &head);
     let value = serde_json::to_string(&s.default).unwrap_or_default();

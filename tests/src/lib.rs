@@ -5,6 +5,7 @@
 pub mod adaptor_process;
 pub mod agent_double;
 pub mod bins;
+pub mod containerd;
 pub mod faulty_provider;
 pub mod harness;
 #[cfg(feature = "libvirt")]

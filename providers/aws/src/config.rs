@@ -12,6 +12,24 @@ use std::time::Duration;
 /// providers/aws.yaml and its render-time check are generated from it.
 pub const REQUIRED_ENV: &[&str] = &["PODVM_AMI_ID"];
 
+/// Credentials the AWS SDK's default chain reads from the environment
+/// (besides IRSA's, which EKS injects): (name, what it is). Listed in the
+/// chart's providers/aws.yaml as keys of peer-pods-secret.
+pub const SDK_ENV: &[(&str, &str)] = &[
+    (
+        "AWS_ACCESS_KEY_ID",
+        "Access key id of static credentials (prefer IRSA: workloadIdentity.awsRoleArn).",
+    ),
+    (
+        "AWS_SECRET_ACCESS_KEY",
+        "Secret access key of static credentials.",
+    ),
+    (
+        "AWS_SESSION_TOKEN",
+        "Session token, with temporary static credentials.",
+    ),
+];
+
 /// Default instance type (the Go adaptor's).
 pub const DEFAULT_INSTANCE_TYPE: &str = "m6a.large";
 /// Largest user data EC2 accepts (raw, before base64).
