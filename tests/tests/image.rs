@@ -114,10 +114,11 @@ fn image_builds_imports_runs_and_serves_its_socket() {
         sizes[1] as f64 / MIB as f64,
         total as f64 / MIB as f64
     );
-    // The Debian part: glibc, libgcc and the CA bundle (cloud), plus
-    // libvirt's client library and what it links (ICU's data alone is
-    // 30 MiB unpacked).
-    let base_budget = if links_libvirt { 30 * MIB } else { 4 * MIB };
+    // The Debian part: glibc, libgcc and the CA bundle (cloud: 3.3 MiB
+    // measured), plus libvirt's client library and what it links (libvirt:
+    // 32.8 MiB measured; ICU's data, which libxml2 links, is 30 MiB of it
+    // unpacked).
+    let base_budget = if links_libvirt { 36 * MIB } else { 4 * MIB };
     assert!(
         sizes[0] <= base_budget,
         "Debian layer {} bytes > {base_budget}",
