@@ -136,7 +136,11 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let ids = self.containers.lock().map(|c| c.clone()).unwrap_or_default();
+        let ids = self
+            .containers
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
         for id in ids {
             self.remove(&id);
         }

@@ -76,7 +76,14 @@ fn image_builds_imports_runs_and_serves_its_socket() {
     let archive = work.path().join("image.oci.tar");
     let tag = format!("test-{}", std::process::id());
     let out = Command::new(repo_root().join("install/image/build.sh"))
-        .args(["--flavor", flavor, "--tag", &tag, "--repository", "localhost/peerpods/test"])
+        .args([
+            "--flavor",
+            flavor,
+            "--tag",
+            &tag,
+            "--repository",
+            "localhost/peerpods/test",
+        ])
         .arg("--bin-dir")
         .arg(&bin_dir)
         .arg("--out")
@@ -104,7 +111,10 @@ fn image_builds_imports_runs_and_serves_its_socket() {
         config["config"]["Entrypoint"],
         serde_json::json!(["/usr/local/bin/cloud-api-adaptor"])
     );
-    assert_eq!(config["config"]["Labels"]["io.peerpods.image.flavor"], flavor);
+    assert_eq!(
+        config["config"]["Labels"]["io.peerpods.image.flavor"],
+        flavor
+    );
     let total: u64 = sizes.iter().sum();
     let release = bin_dir.ends_with("release");
     eprintln!(
