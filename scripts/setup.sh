@@ -9,6 +9,8 @@
 #                             only (no build)
 #   scripts/setup.sh --podvm-debian  as --libvirt, plus mmdebstrap and
 #                             e2fsprogs for podvm-image/build.sh --variant debian
+#   scripts/setup.sh --image  the adaptor image tools only (mmdebstrap,
+#                             umoci; containerd to import and run it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -37,10 +39,10 @@ install_backports() {
     (($#)) || return 0
     log "installing $* from bookworm-backports"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq </dev/null
-    apt-get install -y -qq --no-install-recommends -t bookworm-backports "$@" </dev/null
+    apt-get -o DPkg::Lock::Timeout=600 update -qq </dev/null
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends -t bookworm-backports "$@" </dev/null
 }
-setup_libvirt() {
+add_backports_source() {
     local list=/etc/apt/sources.list.d/bookworm-backports.sources
     if [[ ! -e $list ]]; then
         log "adding the bookworm-backports apt source"
@@ -52,6 +54,9 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
     fi
+}
+setup_libvirt() {
+    add_backports_source
     local pkgs=()
     command -v libvirtd >/dev/null || pkgs+=(libvirt-daemon-system)
     command -v qemu-system-x86_64 >/dev/null || pkgs+=(qemu-system-x86)
@@ -73,8 +78,21 @@ setup_podvm_debian() {
     command -v qemu-img >/dev/null || pkgs+=(qemu-utils)
     install_backports "${pkgs[@]}"
 }
+# The adaptor's OCI image (install/image/build.sh): mmdebstrap makes its
+# root file system, umoci the image, strip (binutils) trims the binaries;
+# the image test imports and runs it in a private containerd (ctr, runc).
+setup_image() {
+    add_backports_source
+    local pkgs=()
+    command -v mmdebstrap >/dev/null || pkgs+=(mmdebstrap)
+    command -v umoci >/dev/null || pkgs+=(umoci)
+    command -v containerd >/dev/null || pkgs+=(containerd)
+    command -v strip >/dev/null || pkgs+=(binutils)
+    install_backports "${pkgs[@]}"
+}
 case ${1:-} in
---tests) setup_libvirt ;;
+--tests) setup_libvirt; setup_image ;;
+--image) setup_image; exit 0 ;;
 --libvirt) setup_libvirt; exit 0 ;;
 --podvm-debian) setup_libvirt; setup_podvm_debian; exit 0 ;;
 esac
@@ -85,6 +103,13 @@ if [[ ${1:-} == --tests ]]; then
     if ! command -v moto_server >/dev/null && ! python3 -c 'import moto.server' 2>/dev/null; then
         log "installing moto[server] (local EC2 API for the AWS provider tests)"
         python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' </dev/null
+    fi
+    # The chart tests: Helm's Go SDK behind a C ABI (renders and lints
+    # offline) and the Kubernetes OpenAPI schemas per version.
+    if ! python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null; then
+        log "installing helm-python-sdk and kubernetes-validate (chart tests)"
+        python3 -m pip install --quiet --disable-pip-version-check \
+            'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' </dev/null
     fi
     log "building every binary with every provider into $CARGO_TARGET_DIR (the AWS SDK takes minutes the first time)"
     cargo build --workspace --all-features --bins
