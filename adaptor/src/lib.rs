@@ -8,6 +8,7 @@ pub mod annotations;
 pub mod ca;
 pub mod cli;
 pub mod client;
+pub mod cluster_vms;
 pub mod config;
 pub mod config_reference;
 pub mod daemon;
