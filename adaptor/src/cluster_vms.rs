@@ -57,7 +57,7 @@ pub async fn delete_all(
     owner: &OwnerTags,
     policy: &Policy,
 ) -> Result<Report, Error> {
-    if owner.to_map().values().all(|v| v.is_empty()) {
+    if owner.to_map().is_empty() {
         return Err(Error::EmptyFilter);
     }
     let mut report = Report::default();
@@ -170,10 +170,7 @@ mod tests {
     }
 
     fn owner(node: &str) -> OwnerTags {
-        OwnerTags {
-            node: node.into(),
-            sandbox_id: String::new(),
-        }
+        OwnerTags::new("", node, "")
     }
 
     fn fast(rounds: u32) -> Policy {
@@ -213,6 +210,36 @@ mod tests {
                 && s.contains("slow down"),
             "{s}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_cluster_filter_takes_every_node_of_that_cluster_only() {
+        let tagged = |id: &str, cluster: &str, node: &str| -> Instance {
+            serde_json::from_value(serde_json::json!({
+                "id": id, "name": id, "ips": [],
+                "tags": OwnerTags::new(cluster, node, format!("sb-{id}")).to_map(),
+            }))
+            .unwrap()
+        };
+        let m = Mem::default();
+        *m.instances.lock().unwrap() = vec![
+            tagged("a1", "A", "n1"),
+            tagged("a2", "A", "n2"),
+            tagged("b1", "B", "n1"),
+            tagged("x1", "", "n1"),
+        ];
+        let r = delete_all(&m, &OwnerTags::new("A", "", ""), &fast(2))
+            .await
+            .unwrap();
+        assert_eq!(r.deleted, ["a1", "a2"]);
+        let left: Vec<String> = m
+            .instances
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|i| i.id.clone())
+            .collect();
+        assert_eq!(left, ["b1", "x1"]);
     }
 
     #[tokio::test]

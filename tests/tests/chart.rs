@@ -115,7 +115,7 @@ fn required_filled(p: &str) -> Value {
             json!(format!("test-{}", k.as_str().unwrap().to_lowercase())),
         );
     }
-    json!({ "config": config })
+    json!({ "config": config, "clusterId": "test-cluster" })
 }
 
 fn render(p: &str, extra: Value) -> Rendered {
@@ -470,10 +470,15 @@ fn bad_values_fail_naming_what_is_wrong() {
     assert!(e.contains("/config/PEERPODS_LIMIT_PER_NODE"), "{e}");
     let e = render_err("aws", json!({"provider": "openstack"}));
     assert!(e.contains("/provider"), "{e}");
-    let e = render_with(&[], json!({}), false)
+    let e = render_with(&[], json!({"clusterId": "c"}), false)
         .err()
         .expect("no provider refused");
     assert!(e.contains("provider is required"), "{e}");
+    let e = render_err("aws", json!({"clusterId": ""}));
+    assert!(
+        e.contains("clusterId is required while uninstall.deleteInstances is true"),
+        "{e}"
+    );
     let e = render_err(
         "aws",
         json!({"secrets": {"mode": "create", "values": {"AWS_SECRET_KEY": "x"}}}),
@@ -515,7 +520,7 @@ fn secrets_modes() {
     // An existing peer-pods-cm (e.g. the Go adaptor's) used as it is.
     let existing = render_with(
         &[],
-        json!({"provider": "aws", "configMap": {"create": false}}),
+        json!({"provider": "aws", "clusterId": "c", "configMap": {"create": false}}),
         true,
     )
     .unwrap();

@@ -162,6 +162,7 @@ fn main() -> anyhow::Result<()> {
         return config_reference(a);
     }
     let check_only = cli.global.check;
+    let delete_cluster_vms = cli.global.delete_cluster_vms;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -178,6 +179,20 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("provider {} configuration check failed", provider.name()))?;
         for line in &checks {
             tracing::info!(provider = provider.name(), "checked: {line}");
+        }
+        if delete_cluster_vms {
+            let cluster = cli.global.cluster_id.as_deref().map(str::trim).unwrap_or("");
+            anyhow::ensure!(
+                !cluster.is_empty(),
+                "--delete-cluster-vms needs this cluster's id (--cluster-id / PEERPOD_CLUSTER_ID): without it every peer pod VM of the account would match"
+            );
+            let owner = peerpod_provider_api::OwnerTags::new(cluster, "", "");
+            let policy = cloud_api_adaptor::cluster_vms::Policy::default();
+            let report = cloud_api_adaptor::cluster_vms::delete_all(provider.as_ref(), &owner, &policy)
+                .await
+                .with_context(|| format!("deleting the pod VMs of cluster {cluster}"))?;
+            println!("deleted {} pod VM(s) of cluster {cluster}", report.deleted.len());
+            return Ok(());
         }
         if check_only {
             for line in checks {

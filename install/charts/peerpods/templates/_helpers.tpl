@@ -121,4 +121,7 @@ the chart itself sets, or lacks a required key.
 {{- else if .Values.secrets.values -}}
 {{- fail (printf "secrets.values is only used with secrets.mode create (mode is %s)" .Values.secrets.mode) -}}
 {{- end -}}
+{{- if and .Values.uninstall.deleteInstances (not .Values.clusterId) -}}
+{{- fail "clusterId is required while uninstall.deleteInstances is true: the uninstall hook deletes every pod VM tagged with it (a name unique among the clusters sharing the cloud account), or set uninstall.deleteInstances=false" -}}
+{{- end -}}
 {{- end -}}
