@@ -79,8 +79,45 @@ pub struct RbacRule {
     #[serde(rename = "apiGroups")]
     pub api_groups: Vec<String>,
     pub resources: Vec<String>,
+    /// Restricts the rule to these objects (the fixed names the chart gives them).
+    #[serde(
+        rename = "resourceNames",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub resource_names: Vec<String>,
     pub verbs: Vec<String>,
 }
+
+impl RbacRule {
+    /// One rule from the `(API group, resource, verbs)` tuples the code's
+    /// tables use ("" is the core group).
+    pub fn new(group: &str, resource: &str, verbs: &[&str]) -> Self {
+        Self {
+            api_groups: vec![group.to_string()],
+            resources: vec![resource.to_string()],
+            resource_names: Vec::new(),
+            verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    /// Restricted to the named objects.
+    pub fn named(mut self, names: &[&str]) -> Self {
+        self.resource_names = names.iter().map(|n| n.to_string()).collect();
+        self
+    }
+}
+
+/// The rule sets the chart renders, by key of `Reference::rbac`: a
+/// ClusterRole per component, a Role in the release namespace for the
+/// `-namespace` ones.
+pub const RBAC_KEYS: &[&str] = &[
+    "adaptor",
+    "webhook",
+    "webhook-namespace",
+    "controller",
+    "controller-namespace",
+];
 
 /// Everything the chart needs to know about the binaries.
 #[derive(Debug, Clone, Serialize)]

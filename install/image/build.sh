@@ -27,9 +27,9 @@
 #   --out       the OCI archive (default $CARGO_TARGET_DIR/image/<flavour>.oci.tar).
 #
 # The image holds /usr/local/bin/{cloud-api-adaptor, peerpodctl,
-# agent-protocol-forwarder, process-user-data} (and any other binary of
-# ours listed in EXTRA_BINS that exists in --bin-dir), in a layer of their
-# own above the Debian layer. The entrypoint is cloud-api-adaptor, which
+# agent-protocol-forwarder, process-user-data} and, where --bin-dir has
+# them, peerpods-webhook and peerpod-ctrl, in a layer of their own above
+# the Debian layer. The entrypoint is cloud-api-adaptor, which
 # picks its provider from CLOUD_PROVIDER. The Debian layer is cached in
 # $CARGO_TARGET_DIR/image/base-<flavour>-<hash of its inputs>. The last
 # line printed is the archive's path; the line before it the image name.
@@ -79,6 +79,14 @@ if ((build)); then
     log "cargo build --release (features $features)"
     (cd "$root_dir" && cargo build --release --bins -p cloud-api-adaptor --features "$features" \
         -p agent-protocol-forwarder)
+    # The webhook and the controller, where this tree has them.
+    for pkg in peerpods-webhook peerpod-ctrl; do
+        grep -qs "^name = \"$pkg\"" "$root_dir"/*/Cargo.toml || continue
+        pf=
+        [[ $pkg == peerpod-ctrl ]] && pf="--features $features"
+        # shellcheck disable=SC2086
+        (cd "$root_dir" && cargo build --release --bins -p "$pkg" $pf)
+    done
     bin_dir=${bin_dir:-$CARGO_TARGET_DIR/release}
 fi
 bin_dir=${bin_dir:-$CARGO_TARGET_DIR/release}
@@ -86,8 +94,10 @@ bins=(cloud-api-adaptor peerpodctl agent-protocol-forwarder process-user-data)
 for b in "${bins[@]}"; do
     [[ -x $bin_dir/$b ]] || { echo "$bin_dir/$b is missing: build it (or pass --build / --bin-dir)" >&2; exit 1; }
 done
-for b in ${EXTRA_BINS:-}; do
-    [[ -x $bin_dir/$b ]] && bins+=("$b")
+# The webhook and the controller, where built (the chart's webhook.enabled
+# and controller.enabled need them in the image).
+for b in peerpods-webhook peerpod-ctrl; do
+    if [[ -x $bin_dir/$b ]]; then bins+=("$b"); fi
 done
 if readelf -d "$bin_dir/cloud-api-adaptor" | grep -q 'libvirt\.so'; then
     [[ $flavor == libvirt ]] || { echo "$bin_dir/cloud-api-adaptor links libvirt: use --flavor libvirt, or build it without the libvirt feature" >&2; exit 1; }

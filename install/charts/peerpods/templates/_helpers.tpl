@@ -125,3 +125,73 @@ the chart itself sets, or lacks a required key.
 {{- fail "clusterId is required while uninstall.deleteInstances is true: the uninstall hook deletes every pod VM tagged with it (a name unique among the clusters sharing the cloud account), or set uninstall.deleteInstances=false" -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+A component's ClusterRole (rules "<component>") and Role in the release
+namespace (rules "<component>-namespace") with their bindings to its
+ServiceAccount, from generated/reference.json.
+*/}}
+{{- define "peerpods.rbac" -}}
+{{- $root := .root -}}
+{{- $s := include "peerpods.settings" $root | fromJson -}}
+{{- $cluster := dig "rbac" .component (list) $s -}}
+{{- $ns := dig "rbac" (printf "%s-namespace" .component) (list) $s -}}
+{{- if and .required (not $cluster) (not $ns) -}}
+{{- fail (printf "generated/reference.json has no RBAC table for %s: the binary that generated it does not know this component (run scripts/gen-install.sh with a build that has it)" .component) -}}
+{{- end -}}
+{{- $name := printf "%s:%s" (include "peerpods.clusterName" $root) .component -}}
+{{- if $cluster }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "peerpods.labels" $root | nindent 4 }}
+rules:
+  {{- toYaml $cluster | nindent 2 }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "peerpods.labels" $root | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {{ $name }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ .sa }}
+    namespace: {{ $root.Release.Namespace }}
+{{- end }}
+{{- if $ns }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: {{ include "peerpods.fullname" $root }}-{{ .component }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "peerpods.labels" $root | nindent 4 }}
+rules:
+  {{- toYaml $ns | nindent 2 }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: {{ include "peerpods.fullname" $root }}-{{ .component }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "peerpods.labels" $root | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: {{ include "peerpods.fullname" $root }}-{{ .component }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ .sa }}
+    namespace: {{ $root.Release.Namespace }}
+{{- end }}
+{{- end -}}
