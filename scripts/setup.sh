@@ -13,6 +13,8 @@
 #                             podvm-image/build.sh --variant debian needs
 #                             (mmdebstrap, e2fsprogs, dosfstools, mtools,
 #                             fdisk, qemu-utils) and OVMF to boot its disk
+#   scripts/setup.sh --image  the adaptor image tools only (mmdebstrap,
+#                             umoci; containerd to import and run it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -44,7 +46,7 @@ install_backports() {
     apt-get -o DPkg::Lock::Timeout=600 update -qq </dev/null
     apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends -t bookworm-backports "$@" </dev/null
 }
-setup_libvirt() {
+add_backports_source() {
     local list=/etc/apt/sources.list.d/bookworm-backports.sources
     if [[ ! -e $list ]]; then
         log "adding the bookworm-backports apt source"
@@ -56,6 +58,9 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
     fi
+}
+setup_libvirt() {
+    add_backports_source
     local pkgs=()
     command -v libvirtd >/dev/null || pkgs+=(libvirt-daemon-system)
     command -v qemu-system-x86_64 >/dev/null || pkgs+=(qemu-system-x86)
@@ -86,8 +91,21 @@ setup_podvm_debian() {
     command -v socat >/dev/null || pkgs+=(socat)
     install_backports "${pkgs[@]}"
 }
+# The adaptor's OCI image (install/image/build.sh): mmdebstrap makes its
+# root file system, umoci the image, strip (binutils) trims the binaries;
+# the image test imports and runs it in a private containerd (ctr, runc).
+setup_image() {
+    add_backports_source
+    local pkgs=()
+    command -v mmdebstrap >/dev/null || pkgs+=(mmdebstrap)
+    command -v umoci >/dev/null || pkgs+=(umoci)
+    command -v containerd >/dev/null || pkgs+=(containerd)
+    command -v strip >/dev/null || pkgs+=(binutils)
+    install_backports "${pkgs[@]}"
+}
 case ${1:-} in
---tests) setup_libvirt; setup_podvm_debian ;;
+--tests) setup_libvirt; setup_podvm_debian; setup_image ;;
+--image) setup_image; exit 0 ;;
 --libvirt) setup_libvirt; exit 0 ;;
 --podvm-debian) setup_libvirt; setup_podvm_debian; exit 0 ;;
 esac
@@ -99,9 +117,19 @@ if [[ ${1:-} == --tests ]]; then
         log "installing moto[server] (local EC2 API for the AWS provider tests)"
         python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' </dev/null
     fi
-    if ! command -v kubernetes-validate >/dev/null; then
-        log "installing kubernetes-validate (checks the CRD and chart manifests against the Kubernetes schemas)"
-        python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate </dev/null
+    # The chart tests: Helm's Go SDK behind a C ABI (renders and lints
+    # offline) and the Kubernetes OpenAPI schemas per version.
+    if ! python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null; then
+        log "installing helm-python-sdk and kubernetes-validate (chart tests)"
+        python3 -m pip install --quiet --disable-pip-version-check \
+            'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' </dev/null
+    fi
+    # The Python example provider plugin (grpcio serves, grpcio-tools
+    # generates its code from provider.proto at start-up).
+    if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
+        log "installing grpcio and grpcio-tools (the Python example provider plugin)"
+        python3 -m pip install --quiet --disable-pip-version-check \
+            'grpcio==1.85.3' 'grpcio-tools==1.85.1' </dev/null
     fi
     log "building every binary with every provider into $CARGO_TARGET_DIR (the AWS SDK takes minutes the first time)"
     cargo build --workspace --all-features --bins

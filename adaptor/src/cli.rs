@@ -204,6 +204,9 @@ pub struct GlobalArgs {
     /// Check the provider's configuration, print what was checked, and exit.
     #[arg(long, global = true)]
     pub check: bool,
+    /// Delete every pod VM tagged with this cluster's id (--cluster-id), on every node, then exit: the Helm chart's uninstall hook.
+    #[arg(long, global = true, conflicts_with = "check")]
+    pub delete_cluster_vms: bool,
 }
 
 /// Warns when instances get no cluster tag (call once the cluster id is

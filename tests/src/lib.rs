@@ -8,6 +8,7 @@ pub mod agent_double;
 pub mod bins;
 pub mod cloud_disk;
 pub mod fake_vm;
+pub mod containerd;
 pub mod faulty_provider;
 pub mod harness;
 pub mod kube_apiserver;

@@ -3,9 +3,10 @@
 //! its own crate (`providers/<p>/src/cli.rs`); the logic in the library.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use cloud_api_adaptor::cli::GlobalArgs;
 use cloud_api_adaptor::daemon::Extensions;
+use cloud_api_adaptor::config_reference::ProviderExtras;
 use cloud_api_adaptor::Daemon;
 use peerpod_provider_api::cli::{BuildContext, BuildError};
 use peerpod_provider_api::Provider;
@@ -24,6 +25,9 @@ struct Cli {
 /// One subcommand per provider; its flags come from the provider's crate.
 #[derive(Subcommand)]
 enum ProviderCmd {
+    /// Print the settings of this build (chart values per provider, or the chart's reference JSON) and exit.
+    #[command(hide = true)]
+    ConfigReference(ConfigReferenceArgs),
     /// Instances are processes in network namespaces on this host (no cloud needed).
     Local(peerpod_provider_local::cli::Args),
     /// Pod VMs are EC2 instances (AMD SEV-SNP unless DISABLECVM=true).
@@ -56,6 +60,10 @@ impl ProviderCmd {
                     .push(Box::new(move |r| r.register_collector(Box::new(metrics))));
                 Ok(p)
             }
+            ProviderCmd::ConfigReference(_) => Err(BuildError::Config {
+                provider: "config-reference",
+                message: "not a provider".into(),
+            }),
             ProviderCmd::Local(a) => a.build(ctx).await,
             #[cfg(feature = "aws")]
             ProviderCmd::Aws(a) => a.build(ctx).await,
@@ -69,6 +77,82 @@ impl ProviderCmd {
     }
 }
 
+#[derive(Args)]
+struct ConfigReferenceArgs {
+    /// helm-values (one provider's values file) or chart-json (the chart's generated/reference.json).
+    #[arg(long, value_parser = ["helm-values", "chart-json"])]
+    format: String,
+    /// The provider, for helm-values.
+    #[arg(long)]
+    provider: Option<String>,
+}
+
+/// The chart's providers and what each crate adds to its clap arguments.
+fn provider_extras() -> std::collections::BTreeMap<&'static str, ProviderExtras> {
+    #[allow(unused_mut)]
+    let mut m = std::collections::BTreeMap::new();
+    #[cfg(feature = "aws")]
+    m.insert(
+        "aws",
+        ProviderExtras {
+            required: peerpod_provider_aws::REQUIRED_ENV,
+            sdk_env: peerpod_provider_aws::SDK_ENV,
+        },
+    );
+    #[cfg(feature = "azure")]
+    m.insert(
+        "azure",
+        ProviderExtras {
+            required: peerpod_provider_azure::REQUIRED_ENV,
+            sdk_env: &[],
+        },
+    );
+    #[cfg(feature = "gcp")]
+    m.insert(
+        "gcp",
+        ProviderExtras {
+            required: peerpod_provider_gcp::REQUIRED_ENV,
+            sdk_env: &[],
+        },
+    );
+    #[cfg(feature = "libvirt")]
+    m.insert(
+        "libvirt",
+        ProviderExtras {
+            required: peerpod_provider_libvirt::REQUIRED_ENV,
+            sdk_env: &[],
+        },
+    );
+    m
+}
+
+fn config_reference(a: ConfigReferenceArgs) -> anyhow::Result<()> {
+    use cloud_api_adaptor::config_reference as cr;
+    let extras = provider_extras();
+    for p in ["aws", "azure", "gcp", "libvirt"] {
+        anyhow::ensure!(
+            extras.contains_key(p),
+            "config-reference needs every chart provider: this build lacks {p} (cargo build -p cloud-api-adaptor --all-features)"
+        );
+    }
+    // The adaptor's Kubernetes API calls (none yet).
+    let rbac = std::collections::BTreeMap::new();
+    let r = cr::reference(&Cli::command(), &extras, rbac).map_err(|e| anyhow::anyhow!(e))?;
+    match a.format.as_str() {
+        "chart-json" => print!("{}", cr::chart_json(&r)),
+        _ => {
+            let p = a
+                .provider
+                .context("--provider is required with --format helm-values")?;
+            print!(
+                "{}",
+                cr::helm_values(&r, &p).map_err(|e| anyhow::anyhow!(e))?
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -78,7 +162,20 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    // The Go adaptor's deployments name the provider in CLOUD_PROVIDER.
+    let args = cloud_api_adaptor::provider_env::with_provider(
+        Cli::command(),
+        std::env::args_os().collect(),
+        std::env::var(cloud_api_adaptor::provider_env::ENV).ok(),
+    )
+    .unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2)
+    });
+    let cli = Cli::parse_from(args);
+    if let ProviderCmd::ConfigReference(a) = cli.provider {
+        return config_reference(a);
+    }
     let check_only = cli.global.check;
     let drain_only = cli.global.drain_pool;
     // glibc gives every thread that allocates its own malloc arena; with
@@ -91,6 +188,7 @@ fn main() -> anyhow::Result<()> {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+    let delete_cluster_vms = cli.global.delete_cluster_vms;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(32)
@@ -109,6 +207,20 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("provider {} configuration check failed", provider.name()))?;
         for line in &checks {
             tracing::info!(provider = provider.name(), "checked: {line}");
+        }
+        if delete_cluster_vms {
+            let cluster = cli.global.cluster_id.as_deref().map(str::trim).unwrap_or("");
+            anyhow::ensure!(
+                !cluster.is_empty(),
+                "--delete-cluster-vms needs this cluster's id (--cluster-id / PEERPOD_CLUSTER_ID): without it every peer pod VM of the account would match"
+            );
+            let owner = peerpod_provider_api::OwnerTags::new(cluster, "", "");
+            let policy = cloud_api_adaptor::cluster_vms::Policy::default();
+            let report = cloud_api_adaptor::cluster_vms::delete_all(provider.as_ref(), &owner, &policy)
+                .await
+                .with_context(|| format!("deleting the pod VMs of cluster {cluster}"))?;
+            println!("deleted {} pod VM(s) of cluster {cluster}", report.deleted.len());
+            return Ok(());
         }
         if check_only {
             for line in checks {

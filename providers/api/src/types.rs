@@ -48,14 +48,17 @@ impl OwnerTags {
         }
     }
 
-    /// The tags as key/value pairs; an empty cluster or sandbox id is left
-    /// out.
+    /// The tags as key/value pairs; an empty cluster, node or sandbox id is
+    /// left out (a filter with an empty node selects every node's instances
+    /// of the cluster: what the chart's uninstall hook deletes).
     pub fn to_map(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
         if !self.cluster.is_empty() {
             m.insert(TAG_CLUSTER.to_string(), self.cluster.clone());
         }
-        m.insert(TAG_NODE.to_string(), self.node.clone());
+        if !self.node.is_empty() {
+            m.insert(TAG_NODE.to_string(), self.node.clone());
+        }
         if !self.sandbox_id.is_empty() {
             m.insert(TAG_SANDBOX.to_string(), self.sandbox_id.clone());
         }
@@ -190,6 +193,21 @@ mod tests {
         assert!(!legacy.contains_key(TAG_CLUSTER));
         assert!(!a.matches(&legacy));
         assert!(OwnerTags::new("", "worker-0", "").matches(&legacy));
+    }
+
+    #[test]
+    fn a_cluster_filter_without_node_selects_every_node_of_that_cluster() {
+        let all = OwnerTags::new("cluster-a", "", "");
+        assert_eq!(
+            all.to_map().len(),
+            1,
+            "only the cluster tag: {:?}",
+            all.to_map()
+        );
+        assert!(all.matches(&OwnerTags::new("cluster-a", "worker-0", "s1").to_map()));
+        assert!(all.matches(&OwnerTags::new("cluster-a", "worker-1", "s2").to_map()));
+        assert!(!all.matches(&OwnerTags::new("cluster-b", "worker-0", "s1").to_map()));
+        assert!(!all.matches(&OwnerTags::new("", "worker-0", "s1").to_map()));
     }
 
     #[test]

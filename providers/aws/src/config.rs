@@ -8,6 +8,28 @@ use peerpod_provider_api::settings::{bad, non_empty, parse_bool, parse_list};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// The settings without which `check` fails (env names). The chart's
+/// providers/aws.yaml and its render-time check are generated from it.
+pub const REQUIRED_ENV: &[&str] = &["PODVM_AMI_ID"];
+
+/// Credentials the AWS SDK's default chain reads from the environment
+/// (besides IRSA's, which EKS injects): (name, what it is). Listed in the
+/// chart's providers/aws.yaml as keys of peer-pods-secret.
+pub const SDK_ENV: &[(&str, &str)] = &[
+    (
+        "AWS_ACCESS_KEY_ID",
+        "Access key id of static credentials (prefer IRSA: workloadIdentity.awsRoleArn).",
+    ),
+    (
+        "AWS_SECRET_ACCESS_KEY",
+        "Secret access key of static credentials.",
+    ),
+    (
+        "AWS_SESSION_TOKEN",
+        "Session token, with temporary static credentials.",
+    ),
+];
+
 /// Default instance type (the Go adaptor's).
 pub const DEFAULT_INSTANCE_TYPE: &str = "m6a.large";
 /// Largest user data EC2 accepts (raw, before base64).
@@ -163,6 +185,27 @@ impl RawAwsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// REQUIRED_ENV is exactly what `check` requires: with only those set
+    /// it passes, and without any one of them it fails naming that key.
+    #[test]
+    fn required_env_is_what_check_requires() {
+        let set = |r: &mut RawAwsConfig, key: &str| match key {
+            "PODVM_AMI_ID" => r.ami_id = Some("ami-0123".into()),
+            other => panic!("{other} in REQUIRED_ENV has no field here"),
+        };
+        let mut all = RawAwsConfig::default();
+        REQUIRED_ENV.iter().for_each(|k| set(&mut all, k));
+        all.check().expect("the required keys alone suffice");
+        for missing in REQUIRED_ENV {
+            let mut r = RawAwsConfig::default();
+            REQUIRED_ENV
+                .iter()
+                .filter(|k| *k != missing)
+                .for_each(|k| set(&mut r, k));
+            assert_eq!(r.check().unwrap_err().key, *missing);
+        }
+    }
 
     fn raw() -> RawAwsConfig {
         RawAwsConfig {

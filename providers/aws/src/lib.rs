@@ -13,5 +13,5 @@ pub mod config;
 pub mod errors;
 pub mod provider;
 
-pub use config::{AwsConfig, RawAwsConfig};
+pub use config::{AwsConfig, RawAwsConfig, REQUIRED_ENV, SDK_ENV};
 pub use provider::AwsProvider;

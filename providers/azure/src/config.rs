@@ -9,6 +9,16 @@ use peerpod_provider_api::settings::{bad, non_empty, parse_bool, parse_list};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// The settings without which `check` fails (env names). The chart's
+/// providers/azure.yaml and its render-time check are generated from it.
+pub const REQUIRED_ENV: &[&str] = &[
+    "AZURE_SUBSCRIPTION_ID",
+    "AZURE_REGION",
+    "AZURE_RESOURCE_GROUP",
+    "AZURE_SUBNET_ID",
+    "AZURE_IMAGE_ID",
+];
+
 /// Default VM size (the Go adaptor's): 2 vCPUs, AMD SEV-SNP.
 pub const DEFAULT_INSTANCE_SIZE: &str = "Standard_DC2as_v5";
 /// Largest user data Azure accepts: "the contents should be base64
@@ -224,6 +234,32 @@ impl RawAzureConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// REQUIRED_ENV is exactly what `check` requires: with only those set
+    /// it passes, and without any one of them it fails naming that key.
+    #[test]
+    fn required_env_is_what_check_requires() {
+        let full = raw();
+        let set = |r: &mut RawAzureConfig, key: &str| match key {
+            "AZURE_SUBSCRIPTION_ID" => r.subscription_id = full.subscription_id.clone(),
+            "AZURE_REGION" => r.region = full.region.clone(),
+            "AZURE_RESOURCE_GROUP" => r.resource_group = full.resource_group.clone(),
+            "AZURE_SUBNET_ID" => r.subnet_id = full.subnet_id.clone(),
+            "AZURE_IMAGE_ID" => r.image_id = full.image_id.clone(),
+            other => panic!("{other} in REQUIRED_ENV has no field here"),
+        };
+        let mut all = RawAzureConfig::default();
+        REQUIRED_ENV.iter().for_each(|k| set(&mut all, k));
+        all.check().expect("the required keys alone suffice");
+        for missing in REQUIRED_ENV {
+            let mut r = RawAzureConfig::default();
+            REQUIRED_ENV
+                .iter()
+                .filter(|k| *k != missing)
+                .for_each(|k| set(&mut r, k));
+            assert_eq!(r.check().unwrap_err().key, *missing);
+        }
+    }
 
     pub(crate) fn raw() -> RawAzureConfig {
         RawAzureConfig {

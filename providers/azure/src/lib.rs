@@ -28,6 +28,6 @@ pub mod errors;
 pub mod provider;
 
 pub use arm::ArmTiming;
-pub use config::{AzureConfig, RawAzureConfig};
+pub use config::{AzureConfig, RawAzureConfig, REQUIRED_ENV};
 pub use credential::{CredentialKind, RawCredentials, StaticToken};
 pub use provider::AzureProvider;

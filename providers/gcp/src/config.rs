@@ -7,6 +7,10 @@ pub use peerpod_provider_api::settings::ConfigError;
 use peerpod_provider_api::settings::{bad, non_empty, parse_bool, parse_list, parse_tags};
 use std::collections::BTreeMap;
 
+/// The settings without which `check` fails (env names). The chart's
+/// providers/gcp.yaml and its render-time check are generated from it.
+pub const REQUIRED_ENV: &[&str] = &["GCP_PROJECT_ID", "GCP_ZONE", "PODVM_IMAGE_NAME"];
+
 /// Default machine type: an AMD machine that can run SEV and SEV-SNP.
 pub const DEFAULT_MACHINE_TYPE: &str = "n2d-standard-2";
 /// Largest value of one GCE metadata entry (`user-data`).
@@ -181,6 +185,29 @@ impl RawGcpConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// REQUIRED_ENV is exactly what `check` requires: with only those set
+    /// it passes, and without any one of them it fails naming that key.
+    #[test]
+    fn required_env_is_what_check_requires() {
+        let set = |r: &mut RawGcpConfig, key: &str| match key {
+            "GCP_PROJECT_ID" => r.project = Some("proj".into()),
+            "GCP_ZONE" => r.zone = Some("us-central1-a".into()),
+            "PODVM_IMAGE_NAME" => r.image = Some("podvm".into()),
+            other => panic!("{other} in REQUIRED_ENV has no field here"),
+        };
+        let mut all = RawGcpConfig::default();
+        REQUIRED_ENV.iter().for_each(|k| set(&mut all, k));
+        all.check().expect("the required keys alone suffice");
+        for missing in REQUIRED_ENV {
+            let mut r = RawGcpConfig::default();
+            REQUIRED_ENV
+                .iter()
+                .filter(|k| *k != missing)
+                .for_each(|k| set(&mut r, k));
+            assert_eq!(r.check().unwrap_err().key, *missing);
+        }
+    }
 
     fn base() -> RawGcpConfig {
         RawGcpConfig {

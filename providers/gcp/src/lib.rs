@@ -8,6 +8,8 @@ mod config;
 mod errors;
 mod provider;
 
-pub use config::{ConfidentialType, ConfigError, GcpConfig, RawGcpConfig, DEFAULT_MACHINE_TYPE};
+pub use config::{
+    ConfidentialType, ConfigError, GcpConfig, RawGcpConfig, DEFAULT_MACHINE_TYPE, REQUIRED_ENV,
+};
 pub use errors::kind_of;
 pub use provider::{label_value, ClientOptions, GcpProvider, OWNER_METADATA_KEY, USER_DATA_KEY};

@@ -26,7 +26,7 @@ use peerpod_provider_api::sizing::{
 };
 use peerpod_provider_api::{
     check_instance_id, ErrorKind, Instance, InstanceRequest, OwnerTags, Provider, ProviderError,
-    TAG_NODE,
+    TAG_CLUSTER, TAG_NODE,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -432,11 +432,14 @@ impl Provider for GcpProvider {
     }
 
     async fn list_instances(&self, owner: &OwnerTags) -> Result<Vec<Instance>, ProviderError> {
-        let filter = format!(
-            "labels.{} = \"{}\"",
-            label_value(TAG_NODE),
-            label_value(&owner.node)
-        );
+        // One label narrows the list on the server (the node's, or for a
+        // cluster-wide filter the cluster's); the exact tags are checked below.
+        let (key, value) = if owner.node.is_empty() {
+            (TAG_CLUSTER, &owner.cluster)
+        } else {
+            (TAG_NODE, &owner.node)
+        };
+        let filter = format!("labels.{} = \"{}\"", label_value(key), label_value(value));
         let mut pages = self
             .instances
             .list()

@@ -5,6 +5,10 @@
 
 use std::path::PathBuf;
 
+/// The settings without which `check` fails: none, every setting has a
+/// default (`nothing_set_gives_the_go_adaptor_defaults` checks it).
+pub const REQUIRED_ENV: &[&str] = &[];
+
 /// Go adaptor default `LIBVIRT_URI`.
 pub const DEFAULT_URI: &str = "qemu:///system";
 /// Go adaptor default `LIBVIRT_POOL` / `LIBVIRT_NET`.

@@ -25,7 +25,7 @@ pub mod iso;
 pub mod ops;
 pub mod xml;
 
-pub use config::{Boot, DomainType, LibvirtConfig, RawLibvirtConfig};
+pub use config::{Boot, DomainType, LibvirtConfig, RawLibvirtConfig, REQUIRED_ENV};
 pub use error::Error;
 
 use async_trait::async_trait;
