@@ -105,7 +105,8 @@ async fn apply_bind(fwd: &Forwarder, payload: &[u8]) -> Outcome {
     }
     cfg.agent_socket = fwd.agent_socket.clone();
     // Material we cannot use is refused before anything changes.
-    serving(&cfg, None).map_err(|e| (Code::INVALID_ARGUMENT, e.to_string()))?;
+    serving(&cfg, None, fwd.counters.clone())
+        .map_err(|e| (Code::INVALID_ARGUMENT, e.to_string()))?;
     let netns = crate::setup_pod_network(&cfg, &fwd.bind.pod_netns)
         .await
         .map_err(|e| (Code::INTERNAL, e.to_string()))?;
@@ -131,7 +132,8 @@ async fn apply_bind(fwd: &Forwarder, payload: &[u8]) -> Outcome {
             Err(e) => return Err((Code::INTERNAL, format!("writing auth.json: {e}"))),
         }
     }
-    let s = serving(&cfg, netns).map_err(|e| (Code::INVALID_ARGUMENT, e.to_string()))?;
+    let s = serving(&cfg, netns, fwd.counters.clone())
+        .map_err(|e| (Code::INVALID_ARGUMENT, e.to_string()))?;
     match fwd.mode.write() {
         Ok(mut m) => *m = Mode::Serving(s),
         Err(p) => *p.into_inner() = Mode::Serving(s),

@@ -123,11 +123,14 @@ pub struct Forwarder {
     agent_socket: PathBuf,
     mode: std::sync::RwLock<Mode>,
     bind: BindTarget,
+    /// Shared by every serving mode this forwarder goes through.
+    counters: Arc<peerpod_relay::relay::RelayCounters>,
 }
 
 fn serving(
     cfg: &ForwarderConfig,
     pod_netns: Option<PathBuf>,
+    counters: Arc<peerpod_relay::relay::RelayCounters>,
 ) -> Result<Arc<Serving>, ForwarderError> {
     let acceptor = match &cfg.tls {
         Some(m) => Some(TlsAcceptor::from(peerpod_relay::tls::server_config(m)?)),
@@ -142,6 +145,7 @@ fn serving(
     };
     let mut opts = RelayOptions::new(cfg.sandbox_id.clone());
     opts.max_payload = cfg.max_frame_bytes;
+    opts.counters = counters;
     Ok(Arc::new(Serving {
         acceptor,
         opts,
@@ -156,6 +160,7 @@ impl Forwarder {
     /// Binds the listen address and prepares TLS (the bootstrap identity
     /// when the config is a pool VM's).
     pub async fn bind(cfg: &ForwarderConfig) -> Result<Self, ForwarderError> {
+        let counters = Arc::new(peerpod_relay::relay::RelayCounters::default());
         let mode = match (&cfg.bootstrap, &cfg.tls) {
             (Some(b), Some(m)) => Mode::Bootstrap(Arc::new(Bootstrap {
                 acceptor: TlsAcceptor::from(peerpod_relay::tls::server_config(m)?),
@@ -172,7 +177,7 @@ impl Forwarder {
                     },
                 })
             }
-            (None, _) => Mode::Serving(serving(cfg, None)?),
+            (None, _) => Mode::Serving(serving(cfg, None, counters.clone())?),
         };
         let listener =
             TcpListener::bind(&cfg.listen)
@@ -190,6 +195,7 @@ impl Forwarder {
                 pod_netns: peerpod_podnet::vm::POD_NETNS.to_string(),
                 lock: tokio::sync::Mutex::new(()),
             },
+            counters,
         })
     }
 
@@ -215,7 +221,9 @@ impl Forwarder {
     /// Byte and connection counters of every relayed connection (shared
     /// with the serving task).
     pub fn counters(&self) -> Arc<peerpod_relay::relay::RelayCounters> {
-        self.opts.counters.clone()
+        self.counters.clone()
+    }
+
     /// Where a Bind writes the bound config (the file the forwarder was
     /// started with; registry credentials go next to it as `auth.json`)
     /// and the name of the pod namespace it builds.
@@ -301,8 +309,7 @@ impl Forwarder {
             }
         };
         tracing::debug!(%peer, "relaying a connection to the kata-agent");
-        let outcome =
-            relay_connection(stream, agent, s.opts.clone(), s.rewriter.clone()).await;
+        let outcome = relay_connection(stream, agent, s.opts.clone(), s.rewriter.clone()).await;
         match &outcome {
             // The adaptor closes its connections properly (TLS
             // close_notify); anything else is worth a line.

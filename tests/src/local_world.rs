@@ -42,6 +42,7 @@ impl LocalWorld {
             user_data_bin: bin_path("process-user-data"),
             bridge: bridge.clone(),
             subnet,
+            prefix_len: 24,
         };
         let provider = Arc::new(LocalProvider::new(cfg).expect("local provider"));
         Self {
@@ -71,6 +72,8 @@ impl LocalWorld {
             memory_mib: None,
             image: None,
             machine_type: None,
+            gpus: None,
+            gpu_model: None,
             user_data: peerpod_vmconfig::userdata::UserData {
                 forwarder: peerpod_vmconfig::ForwarderConfig::new(sandbox, None),
                 initdata: None,

@@ -411,7 +411,7 @@ async fn debian_image_boots_to_ready_when_built() {
 /// the refill from booting a second VM during the test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_pool_vm_is_bound_to_a_sandbox_with_its_pod_network() {
-    let Some(env) = LibvirtEnv::new() else { return };
+    let env = LibvirtEnv::required();
     init_logging();
     let t = env.token.clone();
     let (cni, pod, peer) = (

@@ -324,6 +324,8 @@ async fn pool_vms_survive_a_restart_surplus_goes_and_orphans_are_told_apart() {
             memory_mib: None,
             image: None,
             machine_type: None,
+            gpus: None,
+            gpu_model: None,
             user_data: peerpod_vmconfig::userdata::UserData {
                 forwarder: peerpod_vmconfig::ForwarderConfig::new("stray", None),
                 initdata: None,

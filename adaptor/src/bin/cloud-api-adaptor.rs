@@ -5,8 +5,8 @@
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use cloud_api_adaptor::cli::GlobalArgs;
-use cloud_api_adaptor::daemon::Extensions;
 use cloud_api_adaptor::config_reference::ProviderExtras;
+use cloud_api_adaptor::daemon::Extensions;
 use cloud_api_adaptor::Daemon;
 use peerpod_provider_api::cli::{BuildContext, BuildError};
 use peerpod_provider_api::Provider;

@@ -160,6 +160,9 @@ impl Manager {
             memory_mib: spec.key.memory_mib,
             image: spec.key.image.clone(),
             machine_type: spec.key.machine_type.clone(),
+            // A pod asking for GPUs never takes a pool VM (see pool::key).
+            gpus: None,
+            gpu_model: None,
             user_data,
         };
         Ok((req, record))

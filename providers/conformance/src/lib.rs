@@ -140,6 +140,8 @@ pub fn basic_request(name: &str, owner: OwnerTags) -> InstanceRequest {
         memory_mib: None,
         image: None,
         machine_type: None,
+        gpus: None,
+        gpu_model: None,
         user_data: b"#cloud-config\n".to_vec(),
     }
 }

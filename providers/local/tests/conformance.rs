@@ -69,6 +69,7 @@ impl LocalFixture {
                     user_data_bin: bin("process-user-data"),
                     bridge: bridge.clone(),
                     subnet: format!("10.215.{third}.0").parse().unwrap(),
+                    prefix_len: 24,
                 })
                 .unwrap(),
             ),

@@ -84,6 +84,8 @@ pub fn request_to_pb(r: InstanceRequest) -> pb::InstanceRequest {
         image: r.image,
         machine_type: r.machine_type,
         user_data: r.user_data,
+        gpus: r.gpus,
+        gpu_model: r.gpu_model,
     }
 }
 
@@ -104,6 +106,8 @@ pub fn request_from_pb(r: Option<pb::InstanceRequest>) -> Result<InstanceRequest
         image: r.image,
         machine_type: r.machine_type,
         user_data: r.user_data,
+        gpus: r.gpus,
+        gpu_model: r.gpu_model,
     })
 }
 
@@ -204,6 +208,8 @@ mod tests {
             memory_mib: Some(4096),
             image: Some("img".into()),
             machine_type: None,
+            gpus: Some(1),
+            gpu_model: Some("nvidia-h100".into()),
             user_data: b"#cloud-config\n".to_vec(),
         };
         assert_eq!(
