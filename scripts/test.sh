@@ -26,7 +26,7 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 log "cargo test"
 # Tests share loopback ports and the host's netns list; two threads keep a
 # 2-core machine responsive.
-cargo test --workspace --all-features -- --test-threads="${TEST_THREADS:-4}"
+cargo test --workspace --all-features --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 log "fuzz smoke run"
 scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
 log "all tests passed"

@@ -118,11 +118,11 @@ async fn startvm_creates_the_vm_with_our_cloud_config_and_stopvm_deletes_it_all(
     assert!(r.is_err(), "StartVM ends when StopVM runs");
     daemon.manager.wait_teardowns().await;
     assert!(nothing_left(&arm), "{:?}", arm.of_type("virtualmachines"));
-    assert_eq!(
-        arm.sent("DELETE", "/networkInterfaces/podvm-api-sbaz2-nic")
-            .len(),
-        1
-    );
+    // StopVM's sweep deletes it, and the abandoned create, once it
+    // returns, sweeps again (deleting a NIC that is gone is a no-op).
+    assert!(!arm
+        .sent("DELETE", "/networkInterfaces/podvm-api-sbaz2-nic")
+        .is_empty());
 
     // 3. Azure refuses: its code and message reach the shim, with the phase.
     arm.with(|s| {
