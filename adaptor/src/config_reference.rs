@@ -90,34 +90,31 @@ pub struct RbacRule {
 }
 
 impl RbacRule {
-    /// One rule from the `(API group, resource, verbs)` tuples the code's
-    /// tables use ("" is the core group).
-    pub fn new(group: &str, resource: &str, verbs: &[&str]) -> Self {
+    /// The chart's form of one rule of the code's tables.
+    pub fn from_code(r: &peerpod_kube::rbac::Rule) -> Self {
         Self {
-            api_groups: vec![group.to_string()],
-            resources: vec![resource.to_string()],
-            resource_names: Vec::new(),
-            verbs: verbs.iter().map(|v| v.to_string()).collect(),
+            api_groups: vec![r.group.to_string()],
+            resources: vec![r.resource.to_string()],
+            resource_names: r.names.iter().map(|n| n.to_string()).collect(),
+            verbs: r.verbs.iter().map(|v| v.to_string()).collect(),
         }
-    }
-
-    /// Restricted to the named objects.
-    pub fn named(mut self, names: &[&str]) -> Self {
-        self.resource_names = names.iter().map(|n| n.to_string()).collect();
-        self
     }
 }
 
-/// The rule sets the chart renders, by key of `Reference::rbac`: a
-/// ClusterRole per component, a Role in the release namespace for the
-/// `-namespace` ones.
-pub const RBAC_KEYS: &[&str] = &[
-    "adaptor",
-    "webhook",
-    "webhook-namespace",
-    "controller",
-    "controller-namespace",
-];
+/// The rule sets the chart renders, by key (`<component>`: a ClusterRole,
+/// `<component>-namespace`: a Role in the release namespace), from the
+/// tables in `peerpod_kube::rbac`.
+pub fn rbac_tables() -> BTreeMap<String, Vec<RbacRule>> {
+    peerpod_kube::rbac::COMPONENTS
+        .iter()
+        .map(|(key, rules)| {
+            (
+                key.to_string(),
+                rules.iter().map(RbacRule::from_code).collect(),
+            )
+        })
+        .collect()
+}
 
 /// Everything the chart needs to know about the binaries.
 #[derive(Debug, Clone, Serialize)]

@@ -15,7 +15,6 @@
 pub mod error;
 pub mod lease;
 pub mod probes;
-pub mod rbac;
 pub mod reconcile;
 pub mod run;
 

@@ -48,21 +48,19 @@ fn main() {
     provider_grpc(&out);
 }
 
-/// tonic-prost-build with the protoc binary a registry package ships, so
-/// no system protoc is needed. Written to `OUT_DIR/grpc/`, apart from the
-/// ttrpc files rewritten above.
+/// tonic-prost-build on a descriptor set protox compiles in Rust (as the
+/// device plugin's build does), so no protoc is needed. Written to
+/// `OUT_DIR/grpc/`, apart from the ttrpc files rewritten above.
 #[cfg(feature = "provider-grpc")]
 fn provider_grpc(out: &std::path::Path) {
     let proto = "protos/provider.proto";
     println!("cargo:rerun-if-changed={proto}");
-    let protoc = protoc_bin_vendored::protoc_bin_path().expect("protoc-bin-vendored has a protoc");
-    // SAFETY: build scripts are single-threaded; prost-build reads PROTOC.
-    unsafe { std::env::set_var("PROTOC", protoc) };
+    let fds = protox::compile([proto], ["protos"]).expect("parsing protos/provider.proto failed");
     let dir = out.join("grpc");
     std::fs::create_dir_all(&dir).expect("create OUT_DIR/grpc");
     tonic_prost_build::configure()
         .out_dir(&dir)
         .btree_map(".")
-        .compile_protos(&[proto], &["protos"])
+        .compile_fds(fds)
         .expect("generating the provider plugin gRPC code from protos/provider.proto failed");
 }

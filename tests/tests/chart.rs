@@ -554,43 +554,77 @@ fn rules_of(r: &Rendered, kind: &str, component: &str) -> Option<Value> {
     roles.first().map(|o| o["rules"].clone())
 }
 
+/// A table of `peerpod_kube::rbac` in the chart's JSON form.
+fn code_table(key: &str) -> Option<Value> {
+    let (_, rules) = peerpod_kube::rbac::COMPONENTS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .unwrap_or_else(|| panic!("no RBAC table {key} in the code"));
+    let rules: Vec<Value> = rules
+        .iter()
+        .map(|r| {
+            let mut v = json!({
+                "apiGroups": [r.group],
+                "resources": [r.resource],
+                "verbs": r.verbs,
+            });
+            if !r.names.is_empty() {
+                v["resourceNames"] = json!(r.names);
+            }
+            v
+        })
+        .collect();
+    (!rules.is_empty()).then(|| Value::Array(rules))
+}
+
 #[test]
 fn rbac_is_exactly_what_the_code_calls() {
+    // generated/reference.json holds the code's tables, each of them.
     let rbac = reference()["rbac"].clone();
-    let table = |key: &str| match &rbac[key] {
-        Value::Array(a) if !a.is_empty() => Some(Value::Array(a.clone())),
-        _ => None,
-    };
-    // The adaptor: its table, or nothing when its code calls no API.
-    let r = render("aws", json!({}));
-    assert_eq!(rules_of(&r, "ClusterRole", "adaptor"), table("adaptor"));
-    if table("adaptor").is_some() {
-        let b = r.one("ClusterRoleBinding");
-        assert!(b["roleRef"]["name"].as_str().unwrap().ends_with(":adaptor"));
-        assert_eq!(b["subjects"][0]["name"], "cloud-api-adaptor");
-    }
-    // The webhook and the controller, when enabled: their tables, or a
-    // render error naming the missing table (a build without them).
-    for component in ["webhook", "controller"] {
-        let on = json!({ component: {"enabled": true} });
-        let (cluster, ns) = (table(component), table(&format!("{component}-namespace")));
-        if cluster.is_none() && ns.is_none() {
-            let e = render_err("aws", on);
-            assert!(e.contains(&format!("no RBAC table for {component}")), "{e}");
-            continue;
+    let keys: Vec<&str> = peerpod_kube::rbac::COMPONENTS.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        rbac.as_object().unwrap().keys().map(String::as_str).collect::<Vec<_>>(),
+        {
+            let mut k = keys.clone();
+            k.sort();
+            k
         }
-        let r = render("aws", on);
+    );
+    for key in &keys {
+        let in_file = match &rbac[*key] {
+            Value::Array(a) if !a.is_empty() => Some(Value::Array(a.clone())),
+            _ => None,
+        };
+        assert_eq!(in_file, code_table(key), "{key} in generated/reference.json");
+    }
+    // The adaptor's ClusterRole, bound to its service account.
+    let r = render("aws", json!({}));
+    assert_eq!(rules_of(&r, "ClusterRole", "adaptor"), code_table("adaptor"));
+    let b = r
+        .find("ClusterRoleBinding")
+        .into_iter()
+        .find(|b| b["roleRef"]["name"].as_str().unwrap().ends_with(":adaptor"))
+        .expect("the adaptor's ClusterRoleBinding");
+    assert_eq!(b["subjects"][0]["name"], "cloud-api-adaptor");
+    // The webhook and the controller, when enabled: a ClusterRole and a
+    // Role in the release namespace each, exactly their tables.
+    for component in ["webhook", "controller"] {
+        let r = render("aws", json!({ component: {"enabled": true} }));
         assert_eq!(
             rules_of(&r, "ClusterRole", component),
-            cluster,
+            code_table(component),
             "{component}"
         );
-        assert_eq!(rules_of(&r, "Role", component), ns, "{component}");
+        assert_eq!(
+            rules_of(&r, "Role", component),
+            code_table(&format!("{component}-namespace")),
+            "{component}"
+        );
     }
     // Never Secrets cluster-wide, never wildcards.
     let all = render(
         "aws",
-        json!({"webhook": {"enabled": table("webhook").is_some()}, "controller": {"enabled": table("controller").is_some()}}),
+        json!({"webhook": {"enabled": true}, "controller": {"enabled": true}}),
     );
     for role in all.find("ClusterRole") {
         let rules = role["rules"].to_string();
@@ -601,33 +635,16 @@ fn rbac_is_exactly_what_the_code_calls() {
     }
 }
 
-/// The webhook's and controller's objects against the Kubernetes schemas,
-/// with the chart copied and given rule tables shaped like theirs (until
-/// the binaries that print the real ones are part of this build).
+/// The webhook's and controller's objects against the Kubernetes schemas.
 #[test]
 fn webhook_and_controller_objects_are_valid_kubernetes() {
-    let dir = tempfile::tempdir().unwrap();
-    let copy = dir.path().join("peerpods");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(chart())
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let mut r = reference();
-    r["rbac"]["webhook"] = json!([{"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"], "resourceNames": ["peerpods-webhook"], "verbs": ["get", "patch"]}]);
-    r["rbac"]["webhook-namespace"] = json!([{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["peerpods-webhook-ca"], "verbs": ["get"]}, {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]);
-    r["rbac"]["controller"] = json!([{"apiGroups": ["confidentialcontainers.org"], "resources": ["peerpods"], "verbs": ["get", "list", "watch", "patch", "delete"]}]);
-    r["rbac"]["controller-namespace"] = json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]);
-    std::fs::write(copy.join("generated/reference.json"), r.to_string()).unwrap();
     let mut set = required_filled("gcp");
     merge(
         &mut set,
         json!({"webhook": {"enabled": true}, "controller": {"enabled": true}}),
     );
-    let out =
-        render_chart(&copy, &[provider_file("gcp")], set, true).unwrap_or_else(|e| panic!("{e}"));
+    let out = render_chart(&chart(), &[provider_file("gcp")], set, true)
+        .unwrap_or_else(|e| panic!("{e}"));
     let mwc = out.one("MutatingWebhookConfiguration");
     let wh = &mwc["webhooks"][0];
     assert_eq!(wh["failurePolicy"], "Fail");
@@ -664,7 +681,7 @@ fn webhook_and_controller_objects_are_valid_kubernetes() {
     assert_eq!(svc["metadata"]["name"], "peerpods-webhook");
     assert_eq!(
         rules_of(&out, "Role", "webhook"),
-        Some(r["rbac"]["webhook-namespace"].clone())
+        code_table("webhook-namespace")
     );
 }
 

@@ -13,7 +13,6 @@
 pub mod ca_secret;
 pub mod mutate;
 pub mod quantity;
-pub mod rbac;
 pub mod review;
 pub mod server;
 pub mod sizing;

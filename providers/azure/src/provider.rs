@@ -9,7 +9,9 @@
 //! private IP is read. A create that fails half-way deletes what it made.
 //! Delete removes the VM, its NICs and its OS disk (not found = done).
 //! List reads every VM of the resource group (all pages) and keeps those
-//! carrying the owner tags.
+//! carrying the owner tags, plus our tagged NICs whose VM is missing (a
+//! create abandoned between the two PUTs), as instances of that VM name
+//! without addresses, so the usual delete removes them.
 //!
 //! The instance id is the VM's name (unique in the resource group, and the
 //! NIC `<name>-nic` and disk `<name>-osdisk` follow from it, so a delete
@@ -372,6 +374,51 @@ impl AzureProvider {
         }
     }
 
+    /// Our NICs (`<vm>-nic`, owner tags matching) whose VM does not exist:
+    /// what a create abandoned between the NIC and the VM PUT leaves (the
+    /// adaptor's provider timeout, a StopVM during StartVM). Each is
+    /// reported as an instance of its VM name without addresses, so the
+    /// orphan collector (and whoever lists) deletes it with the usual
+    /// delete, which removes the VM's NIC and disk by name.
+    async fn vmless_nics(
+        &self,
+        owner: &OwnerTags,
+        vms: &[Instance],
+    ) -> Result<Vec<Instance>, ProviderError> {
+        let url = self.arm.url(
+            &format!(
+                "{}/providers/Microsoft.Network/networkInterfaces",
+                self.rg_path()
+            ),
+            NETWORK_API,
+        );
+        let mut out = Vec::new();
+        for nic in self.arm.list("list NICs", &url).await? {
+            let tags = tag_map(&nic);
+            if !owner.matches(&tags) {
+                continue;
+            }
+            let Some(vm) = nic
+                .get("name")
+                .and_then(Value::as_str)
+                .and_then(|n| n.strip_suffix("-nic"))
+            else {
+                continue;
+            };
+            if vms.iter().any(|i| i.name.eq_ignore_ascii_case(vm)) {
+                continue;
+            }
+            out.push(Instance {
+                id: vm.to_string(),
+                name: vm.to_string(),
+                ips: Vec::new(),
+                tags,
+                instance_type: None,
+            });
+        }
+        Ok(out)
+    }
+
     async fn create(
         &self,
         req: &InstanceRequest,
@@ -541,6 +588,7 @@ impl Provider for AzureProvider {
                     .map(str::to_string),
             });
         }
+        out.extend(self.vmless_nics(owner, &out).await?);
         Ok(out)
     }
 

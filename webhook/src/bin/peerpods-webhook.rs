@@ -43,14 +43,14 @@ struct Cli {
     #[arg(
         long,
         env = "PEERPODS_WEBHOOK_CONFIG",
-        default_value = "peerpods-webhook"
+        default_value = peerpod_kube::rbac::WEBHOOK_CONFIG_NAME
     )]
     webhook_config: String,
     /// The Secret (in the webhook's namespace) holding the CA all replicas share.
     #[arg(
         long,
         env = "PEERPODS_WEBHOOK_CA_SECRET",
-        default_value = "peerpods-webhook-ca"
+        default_value = peerpod_kube::rbac::WEBHOOK_CA_SECRET_NAME
     )]
     ca_secret: String,
     /// Seconds to stay up but not ready after SIGTERM, so the Service stops sending reviews first.

@@ -388,7 +388,10 @@ async fn handle(
         return reply(200, json!({ "value": value }), &[]);
     }
     // VM list, paged.
-    if lower.ends_with("/providers/microsoft.compute/virtualmachines") && method == Method::GET {
+    if (lower.ends_with("/providers/microsoft.compute/virtualmachines")
+        || lower.ends_with("/providers/microsoft.network/networkinterfaces"))
+        && method == Method::GET
+    {
         let skip: usize = query
             .split('&')
             .find_map(|kv| kv.strip_prefix("$skiptoken="))
