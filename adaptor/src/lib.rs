@@ -27,6 +27,7 @@ pub mod probes;
 pub mod provider_env;
 pub mod provider_timeout;
 pub mod readiness;
+pub mod record_dir;
 pub mod service;
 pub mod state;
 pub mod upstream;

@@ -4,9 +4,10 @@
 //! restarted adaptor knows every VM it may have created.
 
 use crate::annotations::PodSpec;
+use crate::record_dir::RecordDir;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Where a sandbox is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,92 +81,40 @@ pub struct SandboxNetwork {
 }
 
 /// Why the store could not read or write.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("state directory {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("sandbox record {path} is corrupt: {source}")]
-    Corrupt {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+/// The sandbox store's errors: a directory that cannot be used, or a
+/// record that does not parse (see [`crate::record_dir`]).
+pub type StoreError = crate::record_dir::RecordError;
 
 pub use peerpod_fsutil::write_atomic;
 
 /// The on-disk sandbox store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    dir: PathBuf,
+    dir: RecordDir,
 }
 
 impl Store {
     /// Opens (creating) `<state_dir>/sandboxes`.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
-        use std::os::unix::fs::DirBuilderExt;
-        let dir = state_dir.join("sandboxes");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io(&dir))?;
-        Ok(Self { dir })
-    }
-
-    fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
+        Ok(Self {
+            dir: RecordDir::open(state_dir.join("sandboxes"))?,
+        })
     }
 
     /// Persists a record (crash-safe).
     pub fn save(&self, r: &SandboxRecord) -> Result<(), StoreError> {
-        let path = self.path(&r.id);
-        let bytes = serde_json::to_vec_pretty(r).map_err(|source| StoreError::Corrupt {
-            path: path.clone(),
-            source,
-        })?;
-        write_atomic(&path, &bytes, 0o600).map_err(io(&path))
+        self.dir.save(&r.id, r)
     }
 
     /// Forgets a sandbox (its teardown is complete).
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
-        let path = self.path(id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => std::fs::File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&self.dir)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&path)(e)),
-        }
+        self.dir.remove(id)
     }
 
-    /// Every record; a corrupt file is reported and skipped (kept on disk
-    /// for the operator), never fatal for the others.
+    /// Every record, oldest first; a corrupt file is reported and skipped
+    /// (kept on disk for the operator), never fatal for the others.
     pub fn load_all(&self) -> Result<(Vec<SandboxRecord>, Vec<StoreError>), StoreError> {
-        let mut ok = Vec::new();
-        let mut bad = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
-            let path = entry.map_err(io(&self.dir))?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            match std::fs::read(&path) {
-                Ok(bytes) => match serde_json::from_slice::<SandboxRecord>(&bytes) {
-                    Ok(r) => ok.push(r),
-                    Err(source) => bad.push(StoreError::Corrupt { path, source }),
-                },
-                Err(e) => bad.push(io(&path)(e)),
-            }
-        }
+        let (mut ok, bad) = self.dir.load_all::<SandboxRecord>()?;
         ok.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok((ok, bad))
     }

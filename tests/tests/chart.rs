@@ -574,16 +574,23 @@ fn code_table(key: &str) -> Option<Value> {
             v
         })
         .collect();
-    (!rules.is_empty()).then(|| Value::Array(rules))
+    (!rules.is_empty()).then_some(Value::Array(rules))
 }
 
 #[test]
 fn rbac_is_exactly_what_the_code_calls() {
     // generated/reference.json holds the code's tables, each of them.
     let rbac = reference()["rbac"].clone();
-    let keys: Vec<&str> = peerpod_kube::rbac::COMPONENTS.iter().map(|(k, _)| *k).collect();
+    let keys: Vec<&str> = peerpod_kube::rbac::COMPONENTS
+        .iter()
+        .map(|(k, _)| *k)
+        .collect();
     assert_eq!(
-        rbac.as_object().unwrap().keys().map(String::as_str).collect::<Vec<_>>(),
+        rbac.as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
         {
             let mut k = keys.clone();
             k.sort();
@@ -595,11 +602,18 @@ fn rbac_is_exactly_what_the_code_calls() {
             Value::Array(a) if !a.is_empty() => Some(Value::Array(a.clone())),
             _ => None,
         };
-        assert_eq!(in_file, code_table(key), "{key} in generated/reference.json");
+        assert_eq!(
+            in_file,
+            code_table(key),
+            "{key} in generated/reference.json"
+        );
     }
     // The adaptor's ClusterRole, bound to its service account.
     let r = render("aws", json!({}));
-    assert_eq!(rules_of(&r, "ClusterRole", "adaptor"), code_table("adaptor"));
+    assert_eq!(
+        rules_of(&r, "ClusterRole", "adaptor"),
+        code_table("adaptor")
+    );
     let b = r
         .find("ClusterRoleBinding")
         .into_iter()

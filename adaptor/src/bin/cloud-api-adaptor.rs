@@ -135,7 +135,8 @@ fn config_reference(a: ConfigReferenceArgs) -> anyhow::Result<()> {
             "config-reference needs every chart provider: this build lacks {p} (cargo build -p cloud-api-adaptor --all-features)"
         );
     }
-    let r = cr::reference(&Cli::command(), &extras, cr::rbac_tables()).map_err(|e| anyhow::anyhow!(e))?;
+    let r = cr::reference(&Cli::command(), &extras, cr::rbac_tables())
+        .map_err(|e| anyhow::anyhow!(e))?;
     match a.format.as_str() {
         "chart-json" => print!("{}", cr::chart_json(&r)),
         _ => {

@@ -5,10 +5,10 @@
 //! made (and the orphan collector never mistakes one for an orphan).
 
 use super::key::PoolKey;
-use crate::state::write_atomic;
+use crate::record_dir::RecordDir;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Where a pool VM is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,25 +49,10 @@ pub struct PoolRecord {
 /// Why the store could not read or write.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolStoreError {
-    #[error("pool state {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("pool record {path} is corrupt: {source}")]
-    Corrupt {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    #[error("pool state: {0}")]
+    Record(#[from] crate::record_dir::RecordError),
     #[error("pool VM name {0:?} is not a valid record name")]
     BadName(String),
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PoolStoreError + '_ {
-    move |source| PoolStoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Pool VM names are ours (`podvm-pool-<hex>`), but a record name still
@@ -84,72 +69,50 @@ fn valid_name(name: &str) -> bool {
 /// The on-disk pool store.
 #[derive(Debug, Clone)]
 pub struct PoolStore {
-    dir: PathBuf,
+    dir: RecordDir,
 }
 
 impl PoolStore {
     /// Opens (creating) `<state_dir>/pool`.
     pub fn open(state_dir: &Path) -> Result<Self, PoolStoreError> {
-        use std::os::unix::fs::DirBuilderExt;
-        let dir = state_dir.join("pool");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io(&dir))?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir: RecordDir::open(state_dir.join("pool"))?,
+        })
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.dir()
     }
 
-    fn path(&self, name: &str) -> Result<PathBuf, PoolStoreError> {
-        if !valid_name(name) {
-            return Err(PoolStoreError::BadName(name.to_string()));
+    fn checked<'a>(&self, name: &'a str) -> Result<&'a str, PoolStoreError> {
+        if valid_name(name) {
+            Ok(name)
+        } else {
+            Err(PoolStoreError::BadName(name.to_string()))
         }
-        Ok(self.dir.join(format!("{name}.json")))
     }
 
     /// Persists a record (crash-safe).
     pub fn save(&self, r: &PoolRecord) -> Result<(), PoolStoreError> {
-        let path = self.path(&r.name)?;
-        let bytes = serde_json::to_vec_pretty(r).map_err(|source| PoolStoreError::Corrupt {
-            path: path.clone(),
-            source,
-        })?;
-        write_atomic(&path, &bytes, 0o600).map_err(io(&path))
+        Ok(self.dir.save(self.checked(&r.name)?, r)?)
     }
 
     /// Forgets a pool VM (deleted, or now owned by a sandbox record).
     pub fn remove(&self, name: &str) -> Result<(), PoolStoreError> {
-        let path = self.path(name)?;
-        match std::fs::remove_file(&path) {
-            Ok(()) => std::fs::File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&self.dir)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&path)(e)),
-        }
+        Ok(self.dir.remove(self.checked(name)?)?)
     }
 
     /// Every record, oldest first; a corrupt file is reported and
     /// skipped (kept on disk for the operator).
     pub fn load_all(&self) -> Result<(Vec<PoolRecord>, Vec<PoolStoreError>), PoolStoreError> {
+        let (all, bad) = self.dir.load_all::<PoolRecord>()?;
+        let mut bad: Vec<PoolStoreError> = bad.into_iter().map(PoolStoreError::from).collect();
         let mut ok = Vec::new();
-        let mut bad = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
-            let path = entry.map_err(io(&self.dir))?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            match std::fs::read(&path) {
-                Ok(bytes) => match serde_json::from_slice::<PoolRecord>(&bytes) {
-                    Ok(r) if valid_name(&r.name) => ok.push(r),
-                    Ok(r) => bad.push(PoolStoreError::BadName(r.name)),
-                    Err(source) => bad.push(PoolStoreError::Corrupt { path, source }),
-                },
-                Err(e) => bad.push(io(&path)(e)),
+        for r in all {
+            if valid_name(&r.name) {
+                ok.push(r);
+            } else {
+                bad.push(PoolStoreError::BadName(r.name));
             }
         }
         ok.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));

@@ -16,11 +16,7 @@ pub struct Rule {
     pub names: &'static [&'static str],
 }
 
-const fn rule(
-    group: &'static str,
-    resource: &'static str,
-    verbs: &'static [&'static str],
-) -> Rule {
+const fn rule(group: &'static str, resource: &'static str, verbs: &'static [&'static str]) -> Rule {
     Rule {
         group,
         resource,
@@ -71,8 +67,11 @@ pub const CONTROLLER_RULES: &[Rule] = &[
 
 /// What `peerpod-ctrl` calls in its own namespace (Role): the
 /// leader-election Lease.
-pub const CONTROLLER_NAMESPACE_RULES: &[Rule] =
-    &[rule("coordination.k8s.io", "leases", &["get", "create", "update"])];
+pub const CONTROLLER_NAMESPACE_RULES: &[Rule] = &[rule(
+    "coordination.k8s.io",
+    "leases",
+    &["get", "create", "update"],
+)];
 
 /// What `peerpods-webhook` calls cluster-wide (ClusterRole): its
 /// MutatingWebhookConfiguration is read and its caBundle patched
