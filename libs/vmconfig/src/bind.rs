@@ -11,7 +11,7 @@
 //! server, and a Kata client that reaches an unbound VM gets an ordinary
 //! ttrpc error instead of bytes it cannot parse.
 
-use crate::{ConfigError, ForwarderConfig, MAX_DOCUMENT_BYTES};
+use crate::{ConfigError, ForwarderConfig};
 use serde::{Deserialize, Serialize};
 
 /// The bootstrap service's ttrpc name.
@@ -77,20 +77,7 @@ impl BindRequest {
 
     /// Parses and checks a document; names what is wrong.
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
-        if bytes.len() > MAX_DOCUMENT_BYTES {
-            return Err(ConfigError::TooLarge(bytes.len()));
-        }
-        #[derive(Deserialize)]
-        struct VersionOnly {
-            format_version: u32,
-        }
-        let v: VersionOnly = serde_json::from_slice(bytes)?;
-        if v.format_version > BIND_FORMAT_VERSION || v.format_version == 0 {
-            return Err(ConfigError::UnsupportedVersion {
-                found: v.format_version,
-            });
-        }
-        let r: BindRequest = serde_json::from_slice(bytes)?;
+        let r: BindRequest = crate::parse_versioned(bytes, BIND_FORMAT_VERSION)?;
         // The embedded config is checked as the forwarder would check it.
         let f = ForwarderConfig::parse(&r.forwarder.to_bytes())?;
         if f.tls.is_none() {

@@ -105,6 +105,29 @@ pub struct BootstrapSettings {
     pub pool_vm: String,
 }
 
+/// Parses a JSON document with a `format_version` field: bounded in size,
+/// and the version read first, so a newer document whose fields we cannot
+/// parse still gets the version error (versions 1 to `newest` accepted).
+pub(crate) fn parse_versioned<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    newest: u32,
+) -> Result<T, ConfigError> {
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(ConfigError::TooLarge(bytes.len()));
+    }
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        format_version: u32,
+    }
+    let v: VersionOnly = serde_json::from_slice(bytes)?;
+    if v.format_version > newest || v.format_version == 0 {
+        return Err(ConfigError::UnsupportedVersion {
+            found: v.format_version,
+        });
+    }
+    Ok(serde_json::from_slice(bytes)?)
+}
+
 fn default_listen() -> String {
     DEFAULT_LISTEN.to_string()
 }
@@ -145,20 +168,7 @@ impl ForwarderConfig {
     /// Parses and checks a document. The version is read first, so a newer
     /// document whose fields we cannot parse still gets the version error.
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
-        if bytes.len() > MAX_DOCUMENT_BYTES {
-            return Err(ConfigError::TooLarge(bytes.len()));
-        }
-        #[derive(Deserialize)]
-        struct VersionOnly {
-            format_version: u32,
-        }
-        let v: VersionOnly = serde_json::from_slice(bytes)?;
-        if v.format_version > FORMAT_VERSION || v.format_version == 0 {
-            return Err(ConfigError::UnsupportedVersion {
-                found: v.format_version,
-            });
-        }
-        let cfg: ForwarderConfig = serde_json::from_slice(bytes)?;
+        let cfg: ForwarderConfig = parse_versioned(bytes, FORMAT_VERSION)?;
         cfg.validate()?;
         Ok(cfg)
     }
