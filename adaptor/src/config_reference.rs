@@ -127,11 +127,7 @@ pub struct Reference {
 }
 
 /// What a provider crate adds besides its clap arguments.
-pub struct ProviderExtras {
-    pub required: &'static [&'static str],
-    /// Credentials its cloud SDK reads from the environment: (name, help).
-    pub sdk_env: &'static [(&'static str, &'static str)],
-}
+pub use peerpod_providers::ProviderSettings as ProviderExtras;
 
 fn chart_managed(env: &str) -> String {
     CHART_MANAGED

@@ -5,12 +5,10 @@
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use cloud_api_adaptor::cli::GlobalArgs;
-use cloud_api_adaptor::config_reference::ProviderExtras;
 use cloud_api_adaptor::daemon::Extensions;
 use cloud_api_adaptor::Daemon;
-use peerpod_provider_api::cli::{BuildContext, BuildError};
-use peerpod_provider_api::Provider;
-use std::sync::Arc;
+use peerpod_provider_api::cli::BuildContext;
+use peerpod_providers::ProviderCmd;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -19,62 +17,18 @@ struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
     #[command(subcommand)]
-    provider: ProviderCmd,
+    command: Command,
 }
 
-/// One subcommand per provider; its flags come from the provider's crate.
+/// One subcommand per provider (`peerpod_providers`), and the settings
+/// printer for the chart.
 #[derive(Subcommand)]
-enum ProviderCmd {
+enum Command {
     /// Print the settings of this build (chart values per provider, or the chart's reference JSON) and exit.
     #[command(hide = true)]
     ConfigReference(ConfigReferenceArgs),
-    /// Instances are processes in network namespaces on this host (no cloud needed).
-    Local(peerpod_provider_local::cli::Args),
-    /// Pod VMs are EC2 instances (AMD SEV-SNP unless DISABLECVM=true).
-    #[cfg(feature = "aws")]
-    Aws(Box<peerpod_provider_aws::cli::Args>),
-    /// Pod VMs are Compute Engine confidential instances (SEV-SNP unless configured otherwise).
-    #[cfg(feature = "gcp")]
-    Gcp(Box<peerpod_provider_gcp::cli::Args>),
-    /// Pod VMs are libvirt domains (QEMU/TCG by default, KVM when configured).
-    #[cfg(feature = "libvirt")]
-    Libvirt(Box<peerpod_provider_libvirt::cli::Args>),
-    /// Pod VMs are Azure confidential VMs (SEV-SNP unless DISABLECVM=true).
-    #[cfg(feature = "azure")]
-    Azure(Box<peerpod_provider_azure::cli::Args>),
-    /// An out-of-process provider (any language) serving the provider plugin protocol on a unix socket.
-    Plugin(peerpod_provider_plugin::cli::Args),
-}
-
-impl ProviderCmd {
-    /// The provider, and extensions it brings (its own metrics).
-    async fn build(
-        self,
-        ctx: &BuildContext,
-        ext: &mut Extensions,
-    ) -> Result<Arc<dyn Provider>, BuildError> {
-        match self {
-            ProviderCmd::Plugin(a) => {
-                let (p, metrics) = a.build_with_metrics(ctx).await?;
-                ext.metrics
-                    .push(Box::new(move |r| r.register_collector(Box::new(metrics))));
-                Ok(p)
-            }
-            ProviderCmd::ConfigReference(_) => Err(BuildError::Config {
-                provider: "config-reference",
-                message: "not a provider".into(),
-            }),
-            ProviderCmd::Local(a) => a.build(ctx).await,
-            #[cfg(feature = "aws")]
-            ProviderCmd::Aws(a) => a.build(ctx).await,
-            #[cfg(feature = "gcp")]
-            ProviderCmd::Gcp(a) => a.build(ctx).await,
-            #[cfg(feature = "libvirt")]
-            ProviderCmd::Libvirt(a) => a.build(ctx).await,
-            #[cfg(feature = "azure")]
-            ProviderCmd::Azure(a) => a.build(ctx).await,
-        }
-    }
+    #[command(flatten)]
+    Provider(ProviderCmd),
 }
 
 #[derive(Args)]
@@ -87,48 +41,10 @@ struct ConfigReferenceArgs {
     provider: Option<String>,
 }
 
-/// The chart's providers and what each crate adds to its clap arguments.
-fn provider_extras() -> std::collections::BTreeMap<&'static str, ProviderExtras> {
-    #[allow(unused_mut)]
-    let mut m = std::collections::BTreeMap::new();
-    #[cfg(feature = "aws")]
-    m.insert(
-        "aws",
-        ProviderExtras {
-            required: peerpod_provider_aws::REQUIRED_ENV,
-            sdk_env: peerpod_provider_aws::SDK_ENV,
-        },
-    );
-    #[cfg(feature = "azure")]
-    m.insert(
-        "azure",
-        ProviderExtras {
-            required: peerpod_provider_azure::REQUIRED_ENV,
-            sdk_env: &[],
-        },
-    );
-    #[cfg(feature = "gcp")]
-    m.insert(
-        "gcp",
-        ProviderExtras {
-            required: peerpod_provider_gcp::REQUIRED_ENV,
-            sdk_env: &[],
-        },
-    );
-    #[cfg(feature = "libvirt")]
-    m.insert(
-        "libvirt",
-        ProviderExtras {
-            required: peerpod_provider_libvirt::REQUIRED_ENV,
-            sdk_env: &[],
-        },
-    );
-    m
-}
-
 fn config_reference(a: ConfigReferenceArgs) -> anyhow::Result<()> {
     use cloud_api_adaptor::config_reference as cr;
-    let extras = provider_extras();
+    let extras: std::collections::BTreeMap<_, _> =
+        peerpod_providers::chart_providers().into_iter().collect();
     for p in ["aws", "azure", "gcp", "libvirt"] {
         anyhow::ensure!(
             extras.contains_key(p),
@@ -172,9 +88,10 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(2)
     });
     let cli = Cli::parse_from(args);
-    if let ProviderCmd::ConfigReference(a) = cli.provider {
-        return config_reference(a);
-    }
+    let provider_cmd = match cli.command {
+        Command::ConfigReference(a) => return config_reference(a),
+        Command::Provider(p) => p,
+    };
     let check_only = cli.global.check;
     let drain_only = cli.global.drain_pool;
     // glibc gives every thread that allocates its own malloc arena; with
@@ -199,7 +116,12 @@ fn main() -> anyhow::Result<()> {
             state_dir: cli.global.paths.state_dir.clone(),
         };
         let mut ext = Extensions::default();
-        let provider = cli.provider.build(&ctx, &mut ext).await?;
+        let built = provider_cmd.build(&ctx).await?;
+        if let Some(m) = built.plugin_metrics {
+            ext.metrics
+                .push(Box::new(move |r| r.register_collector(Box::new(m))));
+        }
+        let provider = built.provider;
         let checks = provider
             .verify()
             .await

@@ -3,13 +3,13 @@
 //! peer-pods-cm), wiring. The logic lives in the `peerpod_ctrl` library.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use peerpod_ctrl::lease::LeaseConfig;
 use peerpod_ctrl::probes::Probes;
 use peerpod_ctrl::{run, ControllerOptions};
 use peerpod_kube::client::{client, detect};
-use peerpod_provider_api::cli::{BuildContext, BuildError};
-use peerpod_provider_api::Provider;
+use peerpod_provider_api::cli::BuildContext;
+use peerpod_providers::ProviderCmd;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -101,41 +101,6 @@ struct Global {
     probe_listen: String,
 }
 
-/// One subcommand per provider, as in `cloud-api-adaptor`.
-#[derive(Subcommand)]
-enum ProviderCmd {
-    /// Instances are processes in network namespaces on this host (testing).
-    Local(peerpod_provider_local::cli::Args),
-    /// EC2 instances.
-    #[cfg(feature = "aws")]
-    Aws(Box<peerpod_provider_aws::cli::Args>),
-    /// Compute Engine instances.
-    #[cfg(feature = "gcp")]
-    Gcp(Box<peerpod_provider_gcp::cli::Args>),
-    /// libvirt domains.
-    #[cfg(feature = "libvirt")]
-    Libvirt(Box<peerpod_provider_libvirt::cli::Args>),
-    /// Azure VMs.
-    #[cfg(feature = "azure")]
-    Azure(Box<peerpod_provider_azure::cli::Args>),
-}
-
-impl ProviderCmd {
-    async fn build(self, ctx: &BuildContext) -> Result<Arc<dyn Provider>, BuildError> {
-        match self {
-            ProviderCmd::Local(a) => a.build(ctx).await,
-            #[cfg(feature = "aws")]
-            ProviderCmd::Aws(a) => a.build(ctx).await,
-            #[cfg(feature = "gcp")]
-            ProviderCmd::Gcp(a) => a.build(ctx).await,
-            #[cfg(feature = "libvirt")]
-            ProviderCmd::Libvirt(a) => a.build(ctx).await,
-            #[cfg(feature = "azure")]
-            ProviderCmd::Azure(a) => a.build(ctx).await,
-        }
-    }
-}
-
 fn default_identity() -> String {
     let host = nix::unistd::gethostname()
         .ok()
@@ -164,7 +129,7 @@ fn main() -> anyhow::Result<()> {
         let ctx = BuildContext {
             state_dir: g.state_dir.clone(),
         };
-        let provider = cli.provider.build(&ctx).await?;
+        let provider = cli.provider.build(&ctx).await?.provider;
         let checks = provider
             .verify()
             .await
