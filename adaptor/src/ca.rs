@@ -6,10 +6,7 @@
 
 use crate::state::write_atomic;
 use peerpod_vmconfig::TlsMaterial;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -38,22 +35,6 @@ pub struct NodeCa {
     issuer: Issuer<'static, KeyPair>,
 }
 
-fn ca_params() -> Result<CertificateParams, rcgen::Error> {
-    let mut p = CertificateParams::new(Vec::<String>::new())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, CA_CN);
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    Ok(p)
-}
-
-fn validity(p: &mut CertificateParams, days: i64) {
-    let now = time::OffsetDateTime::now_utc();
-    p.not_before = now - time::Duration::hours(1);
-    p.not_after = now + time::Duration::days(days);
-}
-
 impl NodeCa {
     /// Loads the CA from `<state_dir>/ca`, creating it on first use.
     pub fn load_or_create(state_dir: &Path) -> Result<Self, CaError> {
@@ -80,12 +61,12 @@ impl NodeCa {
             tracing::info!(path = %cert_path.display(), "loaded the node CA");
             return Ok(Self {
                 cert_pem,
-                issuer: Issuer::new(ca_params()?, key),
+                issuer: Issuer::new(peerpod_pki::ca_params(CA_CN)?, key),
             });
         }
         let key = KeyPair::generate()?;
-        let mut params = ca_params()?;
-        validity(&mut params, 3650);
+        let mut params = peerpod_pki::ca_params(CA_CN)?;
+        peerpod_pki::set_validity(&mut params, 3650);
         let cert = params.self_signed(&key)?;
         // Key first: a crash between the two writes leaves no certificate,
         // so the next start makes a fresh pair instead of a mismatched one.
@@ -114,7 +95,7 @@ impl NodeCa {
         p.distinguished_name.push(DnType::CommonName, cn);
         p.extended_key_usages = vec![usage];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        validity(&mut p, 3650);
+        peerpod_pki::set_validity(&mut p, 3650);
         let cert = p.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }

@@ -5,10 +5,7 @@
 //! cert-manager is needed. The serving certificate is re-issued before it
 //! expires, without a restart ([`CertStore`] swaps it under rustls).
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -55,22 +52,6 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-fn ca_params() -> Result<CertificateParams, rcgen::Error> {
-    let mut p = CertificateParams::new(Vec::<String>::new())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, CA_CN);
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    Ok(p)
-}
-
-fn validity(p: &mut CertificateParams, days: i64) {
-    let now = time::OffsetDateTime::now_utc();
-    p.not_before = now - time::Duration::hours(1);
-    p.not_after = now + time::Duration::days(days);
-}
-
 /// The webhook's CA.
 pub struct WebhookCa {
     cert_pem: String,
@@ -83,8 +64,8 @@ impl WebhookCa {
     /// A new CA.
     pub fn generate() -> Result<Self, TlsError> {
         let key = KeyPair::generate()?;
-        let mut params = ca_params()?;
-        validity(&mut params, CA_DAYS);
+        let mut params = peerpod_pki::ca_params(CA_CN)?;
+        peerpod_pki::set_validity(&mut params, CA_DAYS);
         let cert = params.self_signed(&key)?;
         Ok(Self {
             cert_pem: cert.pem(),
@@ -107,7 +88,7 @@ impl WebhookCa {
         Ok(Self {
             cert_pem: cert_pem.to_string(),
             key_pem: key_pem.to_string(),
-            issuer: Issuer::new(ca_params()?, key),
+            issuer: Issuer::new(peerpod_pki::ca_params(CA_CN)?, key),
             source: source.into(),
         })
     }
@@ -137,7 +118,7 @@ impl WebhookCa {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        validity(&mut p, SERVING_DAYS);
+        peerpod_pki::set_validity(&mut p, SERVING_DAYS);
         let cert = p.signed_by(&key, &self.issuer)?;
         let leaf = CertificateDer::from(cert.der().to_vec());
         self.check(&leaf, names)?;
