@@ -64,6 +64,10 @@ const CA_ATTEMPTS: u32 = 6;
 
 /// Runs the webhook until `shutdown` completes.
 pub async fn run(cfg: WebhookConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    // kube's rustls connector takes the process-wide crypto provider, and
+    // a workspace build can compile in two (a cloud SDK brings aws-lc-rs):
+    // say which. Already set is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default()
         .await
         .map_err(RunError::Client)?;
