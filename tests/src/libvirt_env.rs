@@ -54,7 +54,7 @@ impl Drop for Daemons {
                 nix::unistd::Pid::from_raw(*pid),
                 nix::sys::signal::Signal::SIGTERM,
             );
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let deadline = Instant::now() + Duration::from_secs(30);
             while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -71,20 +71,29 @@ fn daemons() -> Result<Arc<Daemons>, String> {
     let mut d = Daemons {
         started: Vec::new(),
     };
-    if virsh(&["version"]).is_err() {
+    // A daemon another test binary just stopped may still be exiting
+    // (its pid alive, its socket gone): keep checking, and start whichever
+    // is not running, until libvirtd answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = virsh(&["version"]) {
+        if Instant::now() > deadline {
+            return Err(format!("libvirtd does not answer: {e}"));
+        }
         for (name, pidfile) in [
             ("virtlogd", "/run/virtlogd.pid"),
             ("libvirtd", "/run/libvirtd.pid"),
         ] {
+            let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
             let running = std::fs::read_to_string(pidfile)
                 .ok()
                 .and_then(|p| p.trim().parse::<i32>().ok())
-                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                .is_some_and(alive);
             if running {
                 continue;
             }
+            let _ = std::fs::remove_file(pidfile);
             run(name, &["-d"])?;
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let started = Instant::now();
             let pid = loop {
                 if let Some(pid) = std::fs::read_to_string(pidfile)
                     .ok()
@@ -92,7 +101,7 @@ fn daemons() -> Result<Arc<Daemons>, String> {
                 {
                     break pid;
                 }
-                if Instant::now() > deadline {
+                if started.elapsed() > Duration::from_secs(5) {
                     return Err(format!("{name} -d wrote no {pidfile}"));
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -100,13 +109,7 @@ fn daemons() -> Result<Arc<Daemons>, String> {
             eprintln!("started {name} (pid {pid}) for the tests");
             d.started.push((name, pid));
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Err(e) = virsh(&["version"]) {
-            if Instant::now() > deadline {
-                return Err(format!("libvirtd does not answer: {e}"));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        std::thread::sleep(Duration::from_millis(200));
     }
     let d = Arc::new(d);
     *slot = Arc::downgrade(&d);

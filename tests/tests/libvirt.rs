@@ -91,6 +91,9 @@ async fn two_sandboxes_boot_relay_ping_and_stop_clean() {
     let dir = tempfile::tempdir().unwrap();
     let node = format!("lv-node-{t}");
     let mut cfg = config_in(dir.path(), &node);
+    // Tests of this file run side by side and their VXLAN devices share
+    // the host's underlay: each daemon its own VNIs.
+    cfg.vni_base = 8000;
     cfg.worker_ip = Some(env.gateway.into());
     cfg.start_timeout = Duration::from_secs(60);
     let provider = Arc::new(LibvirtProvider::new(env.config()));
@@ -363,6 +366,9 @@ async fn debian_image_boots_to_ready_when_built() {
     provider.verify().await.expect("verify");
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config_in(dir.path(), &format!("lv-deb-{t}"));
+    // Tests of this file run side by side and their VXLAN devices share
+    // the host's underlay: each daemon its own VNIs.
+    cfg.vni_base = 8100;
     cfg.worker_ip = Some(env.gateway.into());
     cfg.start_timeout = Duration::from_secs(300);
     let daemon = Daemon::start(cfg.clone(), provider.clone()).await.unwrap();
@@ -434,6 +440,9 @@ async fn a_warm_pool_vm_is_bound_to_a_sandbox_with_its_pod_network() {
     let dir = tempfile::tempdir().unwrap();
     let node = format!("lvw-node-{t}");
     let mut cfg = config_in(dir.path(), &node);
+    // Tests of this file run side by side and their VXLAN devices share
+    // the host's underlay: each daemon its own VNIs.
+    cfg.vni_base = 8200;
     let _domains = peerpod_tests::libvirt_env::PoolDomains(cfg.state_dir.join("pool"));
     cfg.worker_ip = Some(env.gateway.into());
     cfg.start_timeout = Duration::from_secs(60);

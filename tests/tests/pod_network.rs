@@ -91,6 +91,7 @@ impl World {
         lc.user_data_bin = bin_path("process-user-data");
         lc.bridge = bridge.to_string();
         lc.subnet = format!("10.217.{}.0", self.subnet).parse().unwrap();
+        lc.prefix_len = 24;
         cfg.worker_ip = Some(lc.gateway().into());
         cfg.start_timeout = Duration::from_secs(30);
         // Tests of this file run side by side: each daemon its own VNIs.

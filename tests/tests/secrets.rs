@@ -235,6 +235,12 @@ async fn no_secret_reaches_a_log_at_debug_level() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!idir.exists(), "the instance is gone");
+    // The teardown logs its end after the instance is gone (tunnel and pod
+    // directory next): wait for it, so the log covers the whole run.
+    let wait = Instant::now();
+    while !a.log().contains("sandbox stopped") && wait.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     a.sigterm();
     logs.push(("cloud-api-adaptor".into(), a.log()));
     assert!(

@@ -1,6 +1,6 @@
 //! The warm pool through the Azure provider against the local ARM
 //! stand-in. Its NICs get loopback addresses, so the test "boots" a pool
-//! VM: the VM's `customData` (the adaptor's cloud-config) is started as a
+//! VM: the VM's `userData` (the adaptor's cloud-config) is started as a
 //! real forwarder on the NIC's address. The pool fills (a VM PUT with the
 //! bootstrap config and the `peerpod-pool` tag), StartVM binds the VM
 //! (Azure keeps its pool name; the adaptor's records own it), StopVM
@@ -85,7 +85,7 @@ async fn pool_fills_binds_and_drains_through_arm() {
     let puts = arm.sent("PUT", &format!("/virtualMachines/{}", pool_vm.name));
     let body = puts[0].body.as_ref().unwrap();
     let cd = body
-        .pointer("/properties/osProfile/customData")
+        .pointer("/properties/userData")
         .and_then(Value::as_str)
         .unwrap();
     let ud = base64::engine::general_purpose::STANDARD
