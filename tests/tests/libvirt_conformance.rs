@@ -58,7 +58,10 @@ impl Fixture for LibvirtFixture {
 
     async fn fail_next_create(&self) -> Result<ErrorKind, String> {
         self.armed.store(true, Ordering::SeqCst);
-        Ok(ErrorKind::Permanent)
+        // libvirt reports the missing kernel as a system error (stat:
+        // ENOENT), which the provider treats as retryable: libvirt's error
+        // does not tell a missing file from a passing I/O failure.
+        Ok(ErrorKind::Transient)
     }
 
     async fn clear(&self) {
