@@ -63,7 +63,15 @@ struct World {
 }
 
 impl World {
-    fn new(third: u8) -> Self {
+    /// A world on 10.218.<third>.0/24, `third` drawn from `range` among
+    /// the /24s no link on this host uses (a bridge another test left or
+    /// still holds would take the pool VMs' traffic).
+    fn new(range: std::ops::Range<u8>) -> Self {
+        let used = sh("ip -o -4 addr");
+        let third = (0..1000)
+            .map(|_| range.start + rand::random::<u8>() % (range.end - range.start))
+            .find(|n| !used.contains(&format!(" 10.218.{n}.")))
+            .expect("a free 10.218.x.0/24");
         let tag = format!("{:05x}", rand::random::<u32>() & 0xf_ffff);
         Self {
             dir: tempfile::tempdir().unwrap(),
@@ -125,7 +133,7 @@ async fn pool_instances(p: &LocalProvider, node: &str) -> Vec<peerpod_provider_a
 async fn startvm_binds_a_pool_vm_with_the_pod_network_and_the_pool_refills() {
     require_root();
     init_logging();
-    let w = World::new(40 + (rand::random::<u8>() % 100));
+    let w = World::new(40..140);
     let (cni, pod, peer) = (
         format!("ppw-c{}", w.tag),
         format!("ppw-p{}", w.tag),
@@ -293,7 +301,7 @@ async fn startvm_binds_a_pool_vm_with_the_pod_network_and_the_pool_refills() {
 async fn pool_vms_survive_a_restart_surplus_goes_and_orphans_are_told_apart() {
     require_root();
     init_logging();
-    let w = World::new(150 + (rand::random::<u8>() % 100));
+    let w = World::new(150..250);
     let _clean = Cleanup {
         netns: Vec::new(),
         links: vec![w.bridge.clone()],
