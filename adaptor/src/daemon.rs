@@ -197,6 +197,7 @@ impl Daemon {
     /// are picked up again at the next start).
     pub async fn shutdown(mut self) {
         self.probe_state.set_not_ready();
+        self.manager.stop_background();
         if let Some(p) = self.device_plugin.take() {
             p.stop().await;
         }

@@ -62,6 +62,9 @@ impl Manager {
         tokio::spawn(async move {
             loop {
                 let Some(m) = weak.upgrade() else { return };
+                if m.background_stopped() {
+                    return;
+                }
                 match m.collect_orphans().await {
                     Ok(r) if !r.orphans.is_empty() => tracing::info!(
                         orphans = r.orphans.len(),

@@ -26,6 +26,9 @@ impl Manager {
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(m) = weak.upgrade() else { return };
+                if m.background_stopped() {
+                    return;
+                }
                 m.liveness_pass().await;
             }
         });

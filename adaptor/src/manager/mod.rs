@@ -126,6 +126,9 @@ pub struct Manager {
     counters: Arc<RelayCounters>,
     /// Background teardowns still running (tests and shutdown wait on it).
     teardowns: watch::Sender<usize>,
+    /// Set at daemon shutdown: the background loops (pool refill, liveness,
+    /// orphan collection) end instead of acting for a stopped daemon.
+    background_stopped: std::sync::atomic::AtomicBool,
     nets: PodNetworks,
     /// Bounds provider creates in flight.
     create_slots: tokio::sync::Semaphore,
@@ -187,6 +190,7 @@ impl Manager {
             registry: StdMutex::new(Registry::default()),
             counters: Arc::new(RelayCounters::default()),
             teardowns: watch::channel(0).0,
+            background_stopped: std::sync::atomic::AtomicBool::new(false),
             observers: Observers::default(),
             pool,
             client_identity,
@@ -338,6 +342,18 @@ impl Manager {
         }
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         out
+    }
+
+    /// Ends the background loops (daemon shutdown). Teardowns already
+    /// running finish; their state is persisted either way.
+    pub fn stop_background(&self) {
+        self.background_stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn background_stopped(&self) -> bool {
+        self.background_stopped
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Waits until no teardown is running (for tests and orderly shutdown).

@@ -46,6 +46,9 @@ impl Manager {
             let mut next_create = Instant::now();
             loop {
                 let Some(m) = weak.upgrade() else { return };
+                if m.background_stopped() {
+                    return;
+                }
                 if !m.pool.is_draining()
                     && m.cfg.state_dir.join("pool").join(DRAIN_REQUEST).exists()
                 {
