@@ -12,6 +12,7 @@
 //!
 //! It builds the same providers as the adaptor, from the same settings.
 
+pub mod cli;
 pub mod error;
 pub mod lease;
 pub mod probes;

@@ -28,8 +28,10 @@
 #
 # The image holds /usr/local/bin/{cloud-api-adaptor, peerpodctl,
 # agent-protocol-forwarder, process-user-data} and, where --bin-dir has
-# them, peerpods-webhook and peerpod-ctrl, in a layer of their own above
-# the Debian layer. The entrypoint is cloud-api-adaptor, which
+# it, peerpods-webhook, in a layer of their own above the Debian layer;
+# peerpod-ctrl is a link to cloud-api-adaptor, which runs the controller
+# under that name (one copy of the cloud SDKs: a second binary with them
+# added 15 MiB compressed). The entrypoint is cloud-api-adaptor, which
 # picks its provider from CLOUD_PROVIDER. The Debian layer is cached in
 # $CARGO_TARGET_DIR/image/base-<flavour>-<hash of its inputs>. The last
 # line printed is the archive's path; the line before it the image name.
@@ -79,14 +81,7 @@ if ((build)); then
     log "cargo build --release (features $features)"
     (cd "$root_dir" && cargo build --release --bins -p cloud-api-adaptor --features "$features" \
         -p agent-protocol-forwarder)
-    # The webhook and the controller, where this tree has them.
-    for pkg in peerpods-webhook peerpod-ctrl; do
-        grep -qs "^name = \"$pkg\"" "$root_dir"/*/Cargo.toml || continue
-        pf=
-        [[ $pkg == peerpod-ctrl ]] && pf="--features $features"
-        # shellcheck disable=SC2086
-        (cd "$root_dir" && cargo build --release --bins -p "$pkg" $pf)
-    done
+    (cd "$root_dir" && cargo build --release --bins -p peerpods-webhook)
     bin_dir=${bin_dir:-$CARGO_TARGET_DIR/release}
 fi
 bin_dir=${bin_dir:-$CARGO_TARGET_DIR/release}
@@ -94,11 +89,8 @@ bins=(cloud-api-adaptor peerpodctl agent-protocol-forwarder process-user-data)
 for b in "${bins[@]}"; do
     [[ -x $bin_dir/$b ]] || { echo "$bin_dir/$b is missing: build it (or pass --build / --bin-dir)" >&2; exit 1; }
 done
-# The webhook and the controller, where built (the chart's webhook.enabled
-# and controller.enabled need them in the image).
-for b in peerpods-webhook peerpod-ctrl; do
-    if [[ -x $bin_dir/$b ]]; then bins+=("$b"); fi
-done
+# The webhook, where built (the chart's webhook.enabled needs it).
+if [[ -x $bin_dir/peerpods-webhook ]]; then bins+=(peerpods-webhook); fi
 if readelf -d "$bin_dir/cloud-api-adaptor" | grep -q 'libvirt\.so'; then
     [[ $flavor == libvirt ]] || { echo "$bin_dir/cloud-api-adaptor links libvirt: use --flavor libvirt, or build it without the libvirt feature" >&2; exit 1; }
 else
@@ -169,7 +161,8 @@ for b in "${bins[@]}"; do
     install -m 0755 "$bin_dir/$b" "$work/bundle/rootfs/usr/local/bin/$b"
     strip --strip-unneeded "$work/bundle/rootfs/usr/local/bin/$b"
 done
-umoci repack --image "$oci:$tag" --history.created_by "peer pods binaries: ${bins[*]}" "$work/bundle"
+ln -s cloud-api-adaptor "$work/bundle/rootfs/usr/local/bin/peerpod-ctrl"
+umoci repack --image "$oci:$tag" --history.created_by "peer pods binaries: ${bins[*]} peerpod-ctrl (link)" "$work/bundle"
 umoci config --image "$oci:$tag" \
     --config.entrypoint /usr/local/bin/cloud-api-adaptor \
     --config.env PATH=/usr/local/bin:/usr/bin \

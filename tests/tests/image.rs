@@ -2,6 +2,7 @@
 //! makes it from Debian packages and the workspace's binaries (the debug
 //! builds the test suite has; releases use --build), a private containerd
 //! imports it with `ctr images import`, runs `cloud-api-adaptor --version`
+//! and `peerpod-ctrl --version` (the same binary under a linked name)
 //! from it, then runs it as the chart does (no subcommand, the provider
 //! from CLOUD_PROVIDER) with the local provider and a host directory
 //! mounted at /run/peerpod: the remote hypervisor socket appears on the
@@ -150,6 +151,14 @@ fn image_builds_imports_runs_and_serves_its_socket() {
     assert_eq!(
         version.trim(),
         format!("cloud-api-adaptor {}", env!("CARGO_PKG_VERSION"))
+    );
+    // The controller is the same binary under its own name (a link).
+    let id = format!("ctrl-version-{}", std::process::id());
+    ctd.track(&id);
+    let version = ctd.ctr_ok(&["run", "--rm", &image, &id, "peerpod-ctrl", "--version"]);
+    assert_eq!(
+        version.trim(),
+        format!("peerpod-ctrl {}", env!("CARGO_PKG_VERSION"))
     );
 
     // As the chart runs it: no arguments (the image's entrypoint), the

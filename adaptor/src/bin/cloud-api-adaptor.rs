@@ -68,7 +68,22 @@ fn config_reference(a: ConfigReferenceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The name under which this binary runs the PeerPod controller instead
+/// (the image links it; see `peerpod_ctrl::cli`).
+const CONTROLLER_NAME: &str = "peerpod-ctrl";
+
+fn invoked_as(name: &str) -> bool {
+    std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|f| f == name))
+        .unwrap_or(false)
+}
+
 fn main() -> anyhow::Result<()> {
+    if invoked_as(CONTROLLER_NAME) {
+        return peerpod_ctrl::cli::main();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
