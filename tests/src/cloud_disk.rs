@@ -10,7 +10,7 @@
 //! A missing tool or root is a test failure naming what to install (these
 //! tests never skip).
 
-use crate::bins::bin_path;
+use crate::podvm_build::build_podvm_image;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -79,38 +79,10 @@ pub fn debian_image() -> Result<PathBuf, String> {
             if let Some(d) = std::env::var_os("PEERPOD_PODVM_DEBIAN_DIR") {
                 return Ok(PathBuf::from(d));
             }
-            let fwd = bin_path("agent-protocol-forwarder");
-            let target = fwd
-                .parent()
-                .and_then(Path::parent)
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../podvm-image/build.sh");
-            let started = Instant::now();
-            let out = Command::new("bash")
-                .arg(&script)
-                .args(["--variant", "debian", "--format", FORMATS])
-                .arg("--kata-agent")
-                .arg(bin_path("kata-agent-double"))
-                .arg("--forwarder")
-                .arg(&fwd)
-                .arg("--user-data-bin")
-                .arg(bin_path("process-user-data"))
-                .env("CARGO_TARGET_DIR", &target)
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("{}: {e}", script.display()))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "{} failed: {}",
-                    script.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let dir = stdout.lines().last().unwrap_or_default().trim().to_string();
-            eprintln!("debian pod VM disk {dir} ready in {:?}", started.elapsed());
-            Ok(PathBuf::from(dir))
+            build_podvm_image(
+                &["--variant", "debian", "--format", FORMATS],
+                "debian pod VM disk",
+            )
         })
         .clone()
 }

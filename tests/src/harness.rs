@@ -36,6 +36,43 @@ pub fn config_in(dir: &std::path::Path, node: &str) -> AdaptorConfig {
     cfg
 }
 
+/// [`config_in`] with a warm pool of one VM for the default pool key, as
+/// the warm pool tests against the cloud stand-ins run it: a short connect
+/// timeout, StartVM bounded at 30 s, no orphan collection.
+pub fn pool_config_in(dir: &std::path::Path, node: &str) -> AdaptorConfig {
+    use cloud_api_adaptor::pool::{KeySpec, PoolKey, PoolSettings};
+    let mut cfg = config_in(dir, node);
+    cfg.connect_timeout = Duration::from_millis(300);
+    cfg.start_timeout = Duration::from_secs(30);
+    cfg.orphans.interval = Duration::ZERO;
+    cfg.warm_pool = PoolSettings {
+        keys: vec![KeySpec {
+            key: PoolKey::default(),
+            size: 1,
+            initdata: None,
+        }],
+        creates_per_minute: 60,
+        boot_timeout: Duration::from_secs(60),
+    };
+    cfg
+}
+
+/// Polls `f` every 50 ms until it holds; panics naming `what` after 60 s.
+pub async fn wait_for<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !f().await {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A daemon on temporary directories.
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,

@@ -16,4 +16,5 @@ pub mod kube_apiserver;
 pub mod libvirt_env;
 pub mod local_world;
 pub mod plugin_env;
+pub mod podvm_build;
 pub mod process_provider;

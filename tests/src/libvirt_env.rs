@@ -8,7 +8,7 @@
 //! Without root or libvirt a test fails with the reason (never a silent
 //! skip): `scripts/setup.sh --libvirt` installs what is needed.
 
-use crate::bins::bin_path;
+use crate::podvm_build::build_podvm_image;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,36 +142,7 @@ pub fn minimal_image() -> Result<PathBuf, String> {
             if let Some(d) = std::env::var_os("PEERPOD_PODVM_DIR") {
                 return Ok(PathBuf::from(d));
             }
-            let bin = bin_path("agent-protocol-forwarder");
-            let debug_dir = bin.parent().map(Path::to_path_buf).unwrap_or_default();
-            let target = debug_dir
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../podvm-image/build.sh");
-            let started = Instant::now();
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg("--kata-agent")
-                .arg(bin_path("kata-agent-double"))
-                .arg("--forwarder")
-                .arg(&bin)
-                .arg("--user-data-bin")
-                .arg(bin_path("process-user-data"))
-                .env("CARGO_TARGET_DIR", &target)
-                .output()
-                .map_err(|e| format!("{}: {e}", script.display()))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "{} failed: {}",
-                    script.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let dir = stdout.lines().last().unwrap_or_default().trim().to_string();
-            eprintln!("pod VM image {dir} ready in {:?}", started.elapsed());
-            Ok(PathBuf::from(dir))
+            build_podvm_image(&[], "pod VM image")
         })
         .clone()
 }

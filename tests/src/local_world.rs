@@ -12,6 +12,32 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+/// A request for an instance `name` owned by `node` / `sandbox` whose user
+/// data starts a forwarder for the sandbox (no TLS, no pod network).
+pub fn forwarder_request(name: &str, node: &str, sandbox: &str) -> InstanceRequest {
+    InstanceRequest {
+        name: name.into(),
+        owner: OwnerTags {
+            cluster: String::new(),
+            node: node.into(),
+            sandbox_id: sandbox.into(),
+        },
+        extra_tags: BTreeMap::new(),
+        vcpus: None,
+        memory_mib: None,
+        image: None,
+        machine_type: None,
+        gpus: None,
+        gpu_model: None,
+        user_data: peerpod_vmconfig::userdata::UserData {
+            forwarder: peerpod_vmconfig::ForwarderConfig::new(sandbox, None),
+            initdata: None,
+            registry_auth: None,
+        }
+        .to_cloud_config(),
+    }
+}
+
 pub struct LocalWorld {
     pub dir: tempfile::TempDir,
     pub bridge: String,
@@ -60,27 +86,7 @@ impl LocalWorld {
 
     /// A running instance owned by `node` / `sandbox` (no TLS, no pod network).
     pub async fn instance(&self, node: &str, sandbox: &str) -> Instance {
-        let req = InstanceRequest {
-            name: format!("podvm-t-{sandbox}"),
-            owner: OwnerTags {
-                cluster: String::new(),
-                node: node.into(),
-                sandbox_id: sandbox.into(),
-            },
-            extra_tags: BTreeMap::new(),
-            vcpus: None,
-            memory_mib: None,
-            image: None,
-            machine_type: None,
-            gpus: None,
-            gpu_model: None,
-            user_data: peerpod_vmconfig::userdata::UserData {
-                forwarder: peerpod_vmconfig::ForwarderConfig::new(sandbox, None),
-                initdata: None,
-                registry_auth: None,
-            }
-            .to_cloud_config(),
-        };
+        let req = forwarder_request(&format!("podvm-t-{sandbox}"), node, sandbox);
         self.provider
             .create_instance(req)
             .await

@@ -7,33 +7,13 @@ use cloud_api_adaptor::orphans::OrphanPolicy;
 use cloud_api_adaptor::Daemon;
 use peerpod_provider_api::{InstanceRequest, OwnerTags, Provider};
 use peerpod_tests::harness::config_in;
+use peerpod_tests::local_world::forwarder_request;
 use peerpod_tests::process_provider::ProcessProvider;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 fn request(node: &str, sandbox: &str) -> InstanceRequest {
-    InstanceRequest {
-        name: format!("podvm-x-{sandbox}"),
-        owner: OwnerTags {
-            cluster: String::new(),
-            node: node.into(),
-            sandbox_id: sandbox.into(),
-        },
-        extra_tags: BTreeMap::new(),
-        vcpus: None,
-        memory_mib: None,
-        image: None,
-        machine_type: None,
-        gpus: None,
-        gpu_model: None,
-        user_data: peerpod_vmconfig::userdata::UserData {
-            forwarder: peerpod_vmconfig::ForwarderConfig::new(sandbox, None),
-            initdata: None,
-            registry_auth: None,
-        }
-        .to_cloud_config(),
-    }
+    forwarder_request(&format!("podvm-x-{sandbox}"), node, sandbox)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,14 +14,14 @@ mod common;
 use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
 use base64::Engine as _;
 use cloud_api_adaptor::client::{agent_health, shim_annotations, Hypervisor};
-use cloud_api_adaptor::pool::{KeySpec, PoolKey, PoolSettings};
-use cloud_api_adaptor::{AdaptorConfig, Daemon};
+use cloud_api_adaptor::Daemon;
 use common::{net, Moto};
 use peerpod_provider_aws::{AwsProvider, RawAwsConfig};
 use peerpod_tests::fake_vm::FakeVm;
+use peerpod_tests::harness::{pool_config_in, wait_for};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const AUTH: &str = r#"{"auths":{"r.example":{"auth":"YXdzOnNlY3JldA=="}}}"#;
 
@@ -69,18 +69,6 @@ fn live(state: &str) -> bool {
     state == "pending" || state == "running"
 }
 
-async fn wait_for<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + Duration::from_secs(60);
-    while !f().await {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_fills_binds_retags_and_drains_through_ec2() {
     let moto = Moto::start();
@@ -96,24 +84,8 @@ async fn pool_fills_binds_retags_and_drains_through_ec2() {
     };
     let provider = Arc::new(AwsProvider::with_sdk_config(raw.check().unwrap(), &sdk));
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = AdaptorConfig::new("aws-pool-node");
-    cfg.socket = dir.path().join("hv.sock");
-    cfg.pods_dir = dir.path().join("pods");
-    cfg.state_dir = dir.path().join("state");
-    cfg.forwarder_port = 20000 + rand::random::<u16>() % 30000;
-    cfg.connect_timeout = Duration::from_millis(300);
-    cfg.start_timeout = Duration::from_secs(30);
+    let mut cfg = pool_config_in(dir.path(), "aws-pool-node");
     cfg.registry_auth = Some(AUTH.into());
-    cfg.orphans.interval = Duration::ZERO;
-    cfg.warm_pool = PoolSettings {
-        keys: vec![KeySpec {
-            key: PoolKey::default(),
-            size: 1,
-            initdata: None,
-        }],
-        creates_per_minute: 60,
-        boot_timeout: Duration::from_secs(60),
-    };
     let daemon = Daemon::start(cfg.clone(), provider).await.unwrap();
     let m = daemon.manager.clone();
 

@@ -10,25 +10,17 @@ mod common;
 
 use base64::Engine as _;
 use cloud_api_adaptor::client::{agent_health, shim_annotations, Hypervisor};
-use cloud_api_adaptor::pool::{KeySpec, PoolKey, PoolSettings};
-use cloud_api_adaptor::{AdaptorConfig, Daemon};
+use cloud_api_adaptor::Daemon;
 use common::{image_id, subnet_id, FakeArm, RG, SUB, TOKEN};
 use peerpod_provider_api::{OwnerTags, Provider};
 use peerpod_provider_azure::{ArmTiming, AzureProvider, RawAzureConfig, StaticToken};
 use peerpod_tests::fake_vm::FakeVm;
+use peerpod_tests::harness::{pool_config_in, wait_for};
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const AUTH: &str = r#"{"auths":{"r.example":{"auth":"YXp1cmU6c2VjcmV0"}}}"#;
-
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_fills_binds_and_drains_through_arm() {
@@ -50,30 +42,17 @@ async fn pool_fills_binds_and_drains_through_arm() {
         AzureProvider::new(raw.check().unwrap(), StaticToken::new(TOKEN), timing).unwrap(),
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = AdaptorConfig::new("azure-pool-node");
-    cfg.socket = dir.path().join("hv.sock");
-    cfg.pods_dir = dir.path().join("pods");
-    cfg.state_dir = dir.path().join("state");
-    cfg.forwarder_port = 20000 + rand::random::<u16>() % 30000;
-    cfg.connect_timeout = Duration::from_millis(300);
-    cfg.start_timeout = Duration::from_secs(30);
+    let mut cfg = pool_config_in(dir.path(), "azure-pool-node");
     cfg.registry_auth = Some(AUTH.into());
-    cfg.orphans.interval = Duration::ZERO;
-    cfg.warm_pool = PoolSettings {
-        keys: vec![KeySpec {
-            key: PoolKey::default(),
-            size: 1,
-            initdata: None,
-        }],
-        creates_per_minute: 60,
-        boot_timeout: Duration::from_secs(60),
-    };
     let daemon = Daemon::start(cfg.clone(), provider.clone()).await.unwrap();
     let m = daemon.manager.clone();
     let node = OwnerTags::new("", "azure-pool-node", "");
 
     // 1. The pool fills: one VM, tagged, with a bootstrap config.
-    wait_for("a pool VM", || arm.of_type("virtualmachines").len() == 1).await;
+    wait_for("a pool VM", || async {
+        arm.of_type("virtualmachines").len() == 1
+    })
+    .await;
     let listed = provider.list_instances(&node).await.unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     let pool_vm = listed[0].clone();
@@ -102,7 +81,7 @@ async fn pool_fills_binds_and_drains_through_arm() {
     let vm = FakeVm::boot(&ud, pool_vm.ips[0], cfg.forwarder_port)
         .await
         .unwrap();
-    wait_for("the pool VM ready", || m.pool_ready() == 1).await;
+    wait_for("the pool VM ready", || async { m.pool_ready() == 1 }).await;
 
     // 3. StartVM binds it.
     let h = Hypervisor::connect(&cfg.socket).await.unwrap();
@@ -130,9 +109,12 @@ async fn pool_fills_binds_and_drains_through_arm() {
         !arm.exists(&FakeArm::vm_path(&pool_vm.name)),
         "the bound VM is deleted"
     );
-    wait_for("the refill", || arm.of_type("virtualmachines").len() == 1).await;
+    wait_for("the refill", || async {
+        arm.of_type("virtualmachines").len() == 1
+    })
+    .await;
     m.drain_pool();
-    wait_for("drained", || m.pool_len() == 0).await;
+    wait_for("drained", || async { m.pool_len() == 0 }).await;
     m.wait_teardowns().await;
     for kind in ["virtualmachines", "networkinterfaces", "disks"] {
         assert!(

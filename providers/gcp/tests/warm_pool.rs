@@ -10,51 +10,30 @@
 mod common;
 
 use cloud_api_adaptor::client::{agent_health, shim_annotations, Hypervisor};
-use cloud_api_adaptor::pool::{KeySpec, PoolKey, PoolSettings};
-use cloud_api_adaptor::{AdaptorConfig, Daemon};
+use cloud_api_adaptor::Daemon;
 use common::{provider, raw, GceServer};
 use peerpod_tests::fake_vm::FakeVm;
+use peerpod_tests::harness::{pool_config_in, wait_for};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const AUTH: &str = r#"{"auths":{"r.example":{"auth":"Z2NwOnNlY3JldA=="}}}"#;
-
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_fills_binds_and_drains_through_gce() {
     let gce = GceServer::start().await;
     let p = Arc::new(provider(raw(&gce.url)).await);
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = AdaptorConfig::new("gcp-pool-node");
-    cfg.socket = dir.path().join("hv.sock");
-    cfg.pods_dir = dir.path().join("pods");
-    cfg.state_dir = dir.path().join("state");
-    cfg.forwarder_port = 20000 + rand::random::<u16>() % 30000;
-    cfg.connect_timeout = Duration::from_millis(300);
-    cfg.start_timeout = Duration::from_secs(30);
+    let mut cfg = pool_config_in(dir.path(), "gcp-pool-node");
     cfg.registry_auth = Some(AUTH.into());
-    cfg.orphans.interval = Duration::ZERO;
-    cfg.warm_pool = PoolSettings {
-        keys: vec![KeySpec {
-            key: PoolKey::default(),
-            size: 1,
-            initdata: None,
-        }],
-        creates_per_minute: 60,
-        boot_timeout: Duration::from_secs(60),
-    };
     let daemon = Daemon::start(cfg.clone(), p).await.unwrap();
     let m = daemon.manager.clone();
 
     // 1. The pool fills: one insert, labelled, with a bootstrap config.
-    wait_for("a pool instance", || gce.instance_names().len() == 1).await;
+    wait_for("a pool instance", || async {
+        gce.instance_names().len() == 1
+    })
+    .await;
     let name = gce.instance_names().remove(0);
     assert!(name.starts_with("podvm-pool-"), "{name}");
     let inst = gce.state.lock().unwrap().instances[&name].clone();
@@ -85,7 +64,7 @@ async fn pool_fills_binds_and_drains_through_gce() {
     let vm = FakeVm::boot(ud.as_bytes(), ip, cfg.forwarder_port)
         .await
         .unwrap();
-    wait_for("the pool VM ready", || m.pool_ready() == 1).await;
+    wait_for("the pool VM ready", || async { m.pool_ready() == 1 }).await;
 
     // 3. StartVM binds it.
     let h = Hypervisor::connect(&cfg.socket).await.unwrap();
@@ -120,7 +99,7 @@ async fn pool_fills_binds_and_drains_through_gce() {
     // 4. StopVM deletes it; the refill made another; drain deletes it.
     h.stop_vm("sbgcpw1").await.unwrap();
     m.wait_teardowns().await;
-    wait_for("the refill", || {
+    wait_for("the refill", || async {
         gce.instance_names().iter().any(|n| n != &name)
     })
     .await;
@@ -129,7 +108,7 @@ async fn pool_fills_binds_and_drains_through_gce() {
         "the bound VM is deleted"
     );
     m.drain_pool();
-    wait_for("drained", || m.pool_len() == 0).await;
+    wait_for("drained", || async { m.pool_len() == 0 }).await;
     m.wait_teardowns().await;
     assert!(
         gce.instance_names().is_empty(),
