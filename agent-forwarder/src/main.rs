@@ -30,14 +30,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    peerpod_logging::init(peerpod_logging::Colour::WhenTerminal);
     let args = Args::parse();
     let mut cfg = agent_forwarder::load_config(&args.config)?;
     if let Some(s) = args.agent_socket {

@@ -117,14 +117,7 @@ fn default_identity() -> String {
 /// Runs the controller with the process's command line; returns when it
 /// is stopped (SIGTERM, ctrl-c) or fails.
 pub fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    peerpod_logging::init(peerpod_logging::Colour::WhenTerminal);
     let cli = Cli::parse();
     let g = cli.global;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -84,14 +84,7 @@ fn main() -> anyhow::Result<()> {
     if invoked_as(CONTROLLER_NAME) {
         return peerpod_ctrl::cli::main();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    peerpod_logging::init(peerpod_logging::Colour::WhenTerminal);
     // The Go adaptor's deployments name the provider in CLOUD_PROVIDER.
     let args = cloud_api_adaptor::provider_env::with_provider(
         Cli::command(),

@@ -55,14 +55,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    peerpod_logging::init(peerpod_logging::Colour::Never);
     let a = Args::parse();
     let drive = Source::ConfigDrive(a.config_drive_dir.clone());
     let sources = match a.source {

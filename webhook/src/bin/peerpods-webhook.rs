@@ -88,13 +88,7 @@ async fn signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    peerpod_logging::init(peerpod_logging::Colour::WhenTerminal);
     let cli = Cli::parse();
     let cfg = WebhookConfig {
         listen: cli.listen,
