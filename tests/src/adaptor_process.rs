@@ -85,19 +85,7 @@ impl Drop for MountNs {
     fn drop(&mut self) {
         // Our processes, by pid (they are all ours: nothing else joins
         // this namespace).
-        for _ in 0..3 {
-            let pids = self.members();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::host_net::kill_until_gone(|| self.members());
         let _ = self.holder.kill();
         let _ = self.holder.wait();
     }
@@ -348,35 +336,10 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 impl Drop for AdaptorProcess {
     fn drop(&mut self) {
         self.sigkill();
-        // Veth pairs a crash left in the host namespace (both ends there
-        // until the peer is moved), named after instance ids.
-        let ids: Vec<String> = std::fs::read_dir(self.state().join("local/instances"))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let ids = crate::host_net::local_instance_ids(&self.state().join("local"));
         // Killing every process of the mount namespace frees its network
         // namespaces and with them the veths inside.
-        let members = self.mntns.members();
-        for pid in members {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        for id in ids.iter().filter(|i| i.len() > 1 && i.starts_with('l')) {
-            for name in [format!("ppl{}", &id[1..]), format!("plp{}", &id[1..])] {
-                let _ = Command::new("ip")
-                    .args(["link", "del", &name])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(Stdio::null())
-            .status();
+        crate::host_net::kill_until_gone(|| self.mntns.members());
+        crate::host_net::remove_local_links(&ids, &self.bridge);
     }
 }

@@ -57,20 +57,31 @@ pub fn pool_config_in(dir: &std::path::Path, node: &str) -> AdaptorConfig {
     cfg
 }
 
-/// Polls `f` every 50 ms until it holds; panics naming `what` after 60 s.
-pub async fn wait_for<F, Fut>(what: &str, mut f: F)
+/// How long the end-to-end tests wait for what a background loop does
+/// (a pool refill, a teardown) before calling it hung.
+pub const LONG_WAIT: Duration = Duration::from_secs(60);
+
+/// Polls `f` every 20 ms until it holds; panics naming `what` after
+/// `limit`. The one polling loop of the end-to-end tests.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + limit;
     while !f().await {
         assert!(
-            std::time::Instant::now() < until,
-            "timed out waiting for {what}"
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// [`wait_for`] with a check that needs no await (a metric, a recorded
+/// request).
+pub async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    wait_for(what, limit, || std::future::ready(f())).await
 }
 
 /// A daemon on temporary directories.

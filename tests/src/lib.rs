@@ -11,6 +11,7 @@ pub mod containerd;
 pub mod fake_vm;
 pub mod faulty_provider;
 pub mod harness;
+pub mod host_net;
 pub mod kube_apiserver;
 #[cfg(feature = "libvirt")]
 pub mod libvirt_env;

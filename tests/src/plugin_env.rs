@@ -433,47 +433,18 @@ impl LocalPlugin {
     }
 
     pub fn instance_dirs(&self) -> Vec<String> {
-        std::fs::read_dir(self.state.join("local/instances"))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        crate::host_net::local_instance_ids(&self.state.join("local"))
     }
 }
 
 impl Drop for LocalPlugin {
     fn drop(&mut self) {
         let ids = self.instance_dirs();
-        for _ in 0..3 {
-            let pids = self.processes();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::host_net::kill_until_gone(|| self.processes());
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for id in ids.iter().filter(|i| i.len() > 1) {
-            for name in [format!("ppl{}", &id[1..]), format!("plp{}", &id[1..])] {
-                let _ = Command::new("ip")
-                    .args(["link", "del", &name])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(Stdio::null())
-            .status();
+        crate::host_net::remove_local_links(&ids, &self.bridge);
     }
 }

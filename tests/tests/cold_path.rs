@@ -17,7 +17,7 @@ use cloud_api_adaptor::Daemon;
 use peerpod_provider_api::{Instance, InstanceRequest, OwnerTags, Provider, ProviderError};
 use peerpod_provider_local::{LocalConfig, LocalProvider};
 use peerpod_tests::bins::bin_path;
-use peerpod_tests::harness::{config_in, init_logging, read_response, request_frame};
+use peerpod_tests::harness::{config_in, init_logging, read_response, request_frame, until};
 use peerpod_tests::process_provider::ProcessProvider;
 use std::process::Command;
 use std::sync::Arc;
@@ -47,14 +47,6 @@ impl Provider for Slow {
     }
     async fn verify(&self) -> Result<Vec<String>, ProviderError> {
         self.inner.verify().await
-    }
-}
-
-async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -96,11 +88,11 @@ async fn the_provider_create_is_abandoned_at_the_deadline_and_cleaned_up() {
         "answered before the create finished"
     );
     // The abandoned create finishes later; what it made is deleted.
-    wait_for("the late instance", Duration::from_secs(20), || {
+    until("the late instance", Duration::from_secs(20), || {
         inner.created.load(std::sync::atomic::Ordering::SeqCst) == 1
     })
     .await;
-    wait_for("the late instance deleted", Duration::from_secs(20), || {
+    until("the late instance deleted", Duration::from_secs(20), || {
         inner.live().is_empty()
     })
     .await;

@@ -9,19 +9,12 @@
 use cloud_api_adaptor::client::{shim_annotations, Hypervisor};
 use peerpod_provider_api::{OwnerTags, Provider};
 use peerpod_tests::adaptor_process::AdaptorProcess;
+use peerpod_tests::harness::until;
 use peerpod_tests::kube_apiserver::{self, ApiServer, EVENTS, PEERPODS, TOKEN};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
 const NODE: &str = "kube-node";
-
-async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn event<'a>(events: &'a [Value], reason: &str) -> Option<&'a Value> {
     events.iter().find(|e| e["reason"] == reason)
@@ -96,7 +89,10 @@ async fn a_sandbox_shows_as_events_and_a_peerpod() {
         Some("c1a55e55-0000-4000-8000-000000000001")
     );
 
-    until("the PeerPod", 30, || !api.list(PEERPODS).is_empty()).await;
+    until("the PeerPod", Duration::from_secs(30), || {
+        !api.list(PEERPODS).is_empty()
+    })
+    .await;
     let pp = &api.list(PEERPODS)[0];
     assert_eq!(pp["metadata"]["name"], "podvm-nginx-4b1d0c0f");
     assert_eq!(pp["metadata"]["namespace"], "default");
@@ -114,10 +110,14 @@ async fn a_sandbox_shows_as_events_and_a_peerpod() {
         "c1a55e55-0000-4000-8000-000000000001"
     );
 
-    until("Creating and Running events", 30, || {
-        let ev = api.list(EVENTS);
-        event(&ev, "PodVMCreating").is_some() && event(&ev, "PodVMRunning").is_some()
-    })
+    until(
+        "Creating and Running events",
+        Duration::from_secs(30),
+        || {
+            let ev = api.list(EVENTS);
+            event(&ev, "PodVMCreating").is_some() && event(&ev, "PodVMRunning").is_some()
+        },
+    )
     .await;
     let ev = api.list(EVENTS);
     let creating = event(&ev, "PodVMCreating").unwrap();
@@ -133,8 +133,11 @@ async fn a_sandbox_shows_as_events_and_a_peerpod() {
     assert!(note.contains(&format!("IP {}", inst.ips[0])), "{note}");
 
     h.stop_vm(id).await.unwrap();
-    until("the PeerPod released", 60, || api.list(PEERPODS).is_empty()).await;
-    until("the Deleted event", 30, || {
+    until("the PeerPod released", Duration::from_secs(60), || {
+        api.list(PEERPODS).is_empty()
+    })
+    .await;
+    until("the Deleted event", Duration::from_secs(30), || {
         event(&api.list(EVENTS), "PodVMDeleted").is_some()
     })
     .await;
@@ -171,7 +174,7 @@ async fn a_failed_start_posts_a_warning_with_the_phase() {
         .start_vm("badc0ffee0001", Duration::from_secs(4))
         .await
         .is_err());
-    until("the Warning", 30, || {
+    until("the Warning", Duration::from_secs(30), || {
         event(&api.list(EVENTS), "PodVMStartFailed").is_some()
     })
     .await;
@@ -183,9 +186,15 @@ async fn a_failed_start_posts_a_warning_with_the_phase() {
     // The instance existed for a while: its PeerPod stays until the
     // sandbox is gone (the failure path's delete may still be retrying),
     // then goes with StopVM.
-    until("the PeerPod", 30, || api.list(PEERPODS).len() == 1).await;
+    until("the PeerPod", Duration::from_secs(30), || {
+        api.list(PEERPODS).len() == 1
+    })
+    .await;
     h.stop_vm("badc0ffee0001").await.unwrap();
-    until("the PeerPod released", 60, || api.list(PEERPODS).is_empty()).await;
+    until("the PeerPod released", Duration::from_secs(60), || {
+        api.list(PEERPODS).is_empty()
+    })
+    .await;
     // Cluster id given: kube-system was never read.
     assert!(api
         .seen_matching("GET", "/namespaces/kube-system")
@@ -255,9 +264,11 @@ async fn startvm_is_not_held_up_by_a_dead_or_hanging_api_server() {
     h.start_vm("510w0001", Duration::from_secs(60))
         .await
         .unwrap();
-    until("the reporter's request (left hanging)", 30, || {
-        !api.seen_matching("GET", "/pods/b").is_empty()
-    })
+    until(
+        "the reporter's request (left hanging)",
+        Duration::from_secs(30),
+        || !api.seen_matching("GET", "/pods/b").is_empty(),
+    )
     .await;
     assert_eq!(api.answered(), 0);
     h.stop_vm("510w0001").await.unwrap();

@@ -11,6 +11,7 @@ use peerpod_ctrl::lease::LeaseConfig;
 use peerpod_ctrl::{run, ControllerOptions, CtrlError};
 use peerpod_kube::client::{client, KubeAccess};
 use peerpod_kube::FINALIZER;
+use peerpod_tests::harness::until;
 use peerpod_tests::kube_apiserver::{ApiServer, LEASES, PEERPODS};
 use peerpod_tests::local_world::LocalWorld;
 use serde_json::{json, Value};
@@ -88,14 +89,6 @@ impl Running {
     }
 }
 
-async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Stores a PeerPod as the adaptor makes it.
 fn peerpod(
     api: &ApiServer,
@@ -162,7 +155,7 @@ async fn controller_deletes_instances_of_dead_pods_and_gone_nodes_only() {
     api.delete(PEERPODS, NS, "pp-e");
 
     let ctrl = Running::start(&api, 0, &world, "ctrl-0").await;
-    until("A and B cleaned up", 60, || {
+    until("A and B cleaned up", Duration::from_secs(60), || {
         peerpod_obj(&api, "pp-a").is_none() && peerpod_obj(&api, "pp-b").is_none()
     })
     .await;
@@ -174,12 +167,12 @@ async fn controller_deletes_instances_of_dead_pods_and_gone_nodes_only() {
         .seen_matching("PATCH", "/peerpods/pp-b/status")
         .is_empty());
 
-    until("D's finalizer removed", 30, || {
+    until("D's finalizer removed", Duration::from_secs(30), || {
         peerpod_obj(&api, "pp-d").is_none()
     })
     .await;
     assert!(world.exists(&d.id), "D's instance belongs to a live pod");
-    until("E marked failed", 30, || {
+    until("E marked failed", Duration::from_secs(30), || {
         peerpod_obj(&api, "pp-e").is_some_and(|p| p["status"]["phase"] == "DeleteFailed")
     })
     .await;
@@ -194,7 +187,7 @@ async fn controller_deletes_instances_of_dead_pods_and_gone_nodes_only() {
     assert_eq!(pe["metadata"]["finalizers"], json!([FINALIZER]));
     assert!(world.exists(&e.id));
     // C was looked at (its node checked again and again) and left alone.
-    until("C's node rechecked", 30, || {
+    until("C's node rechecked", Duration::from_secs(30), || {
         api.seen_matching("GET", "/api/v1/nodes/alive").len() >= 3
     })
     .await;
@@ -218,16 +211,23 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
     let world = LocalWorld::new();
     let first = Running::start(&api, 0, &world, "ctrl-0").await;
     let second = Running::start(&api, 1, &world, "ctrl-1").await;
-    until("a leader", 30, || first.leads() || second.leads()).await;
-    // Give the standby time to try (and fail) a few times.
-    until("the standby's lease attempts", 30, || {
-        let standby = if first.leads() { 1 } else { 0 };
-        api.seen()
-            .iter()
-            .filter(|s| s.listener == standby && s.path.contains("/leases"))
-            .count()
-            >= 5
+    until("a leader", Duration::from_secs(30), || {
+        first.leads() || second.leads()
     })
+    .await;
+    // Give the standby time to try (and fail) a few times.
+    until(
+        "the standby's lease attempts",
+        Duration::from_secs(30),
+        || {
+            let standby = if first.leads() { 1 } else { 0 };
+            api.seen()
+                .iter()
+                .filter(|s| s.listener == standby && s.path.contains("/leases"))
+                .count()
+                >= 5
+        },
+    )
     .await;
     assert!(!(first.leads() && second.leads()), "two leaders");
     let (leader, standby, leader_idx, standby_idx) = if first.leads() {
@@ -239,7 +239,10 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
     let x = world.instance("gone", "sbx").await;
     peerpod(&api, "pp-x", "local", &x.id, "gone", "p", "u");
     api.delete(PEERPODS, NS, "pp-x");
-    until("pp-x cleaned", 60, || peerpod_obj(&api, "pp-x").is_none()).await;
+    until("pp-x cleaned", Duration::from_secs(60), || {
+        peerpod_obj(&api, "pp-x").is_none()
+    })
+    .await;
     assert!(!world.exists(&x.id));
     let touched = |idx: usize| {
         api.seen()
@@ -257,11 +260,17 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
     // The leader dies without releasing the Lease: the standby takes
     // over once it has seen the Lease unrenewed for a whole duration.
     drop(leader);
-    until("the standby leads", 30, || standby.leads()).await;
+    until("the standby leads", Duration::from_secs(30), || {
+        standby.leads()
+    })
+    .await;
     let y = world.instance("gone", "sby").await;
     peerpod(&api, "pp-y", "local", &y.id, "gone", "p", "u");
     api.delete(PEERPODS, NS, "pp-y");
-    until("pp-y cleaned", 60, || peerpod_obj(&api, "pp-y").is_none()).await;
+    until("pp-y cleaned", Duration::from_secs(60), || {
+        peerpod_obj(&api, "pp-y").is_none()
+    })
+    .await;
     assert!(!world.exists(&y.id));
     assert!(touched(standby_idx) > 0);
     let lease = api.get(LEASES, LEASE_NS, "peerpod-ctrl").unwrap();
@@ -277,7 +286,7 @@ async fn a_leader_that_cannot_renew_stops() {
     let api = ApiServer::start(1).await;
     let world = LocalWorld::new();
     let ctrl = Running::start(&api, 0, &world, "ctrl-0").await;
-    until("leading", 30, || ctrl.leads()).await;
+    until("leading", Duration::from_secs(30), || ctrl.leads()).await;
     // Every answer now takes longer than a renew attempt may.
     api.set_delay(Duration::from_secs(30));
     let r = tokio::time::timeout(Duration::from_secs(20), async {
@@ -354,7 +363,10 @@ async fn the_binary_cleans_up_leads_and_releases_on_sigterm() {
 
     let z = world.instance("gone-node", "sbz").await;
     peerpod(&api, "pp-z", "local", &z.id, "gone-node", "p", "u");
-    until("pp-z cleaned", 60, || peerpod_obj(&api, "pp-z").is_none()).await;
+    until("pp-z cleaned", Duration::from_secs(60), || {
+        peerpod_obj(&api, "pp-z").is_none()
+    })
+    .await;
     assert!(!world.exists(&z.id), "{}", ctrl.log());
     let lease = api.get(LEASES, LEASE_NS, "peerpod-ctrl").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "peerpod-ctrl-7d9f-abcde");

@@ -8,9 +8,10 @@ use peerpod_kube::client::{client, KubeAccess};
 use peerpod_kube::metrics::{drop_reason, KubeMetrics};
 use peerpod_kube::ratelimit::Rate;
 use peerpod_kube::{Activity, Notice, Reporter, ReporterConfig, FINALIZER};
+use peerpod_tests::harness::until;
 use peerpod_tests::kube_apiserver::{self, ApiServer, EVENTS, PEERPODS, PODS};
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -27,15 +28,6 @@ fn notice(pod: &str, sandbox: &str, activity: Activity) -> Notice {
         namespace: "default".into(),
         instance_name: format!("podvm-{pod}-{}", &sandbox[..8]),
         activity,
-    }
-}
-
-/// Waits (bounded) until `f` holds.
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -96,7 +88,10 @@ async fn events_and_peerpod_follow_the_sandbox() {
             ip: Some("10.213.0.2".parse().unwrap()),
         },
     ));
-    until("the PeerPod", || !api.list(PEERPODS).is_empty()).await;
+    until("the PeerPod", Duration::from_secs(30), || {
+        !api.list(PEERPODS).is_empty()
+    })
+    .await;
     let pp = &api.list(PEERPODS)[0];
     assert_eq!(pp["metadata"]["name"], "podvm-nginx-01234567");
     assert_eq!(pp["metadata"]["namespace"], "default");
@@ -139,8 +134,14 @@ async fn events_and_peerpod_follow_the_sandbox() {
             instance_id: Some("inst-1".into()),
         },
     ));
-    until("four events", || api.list(EVENTS).len() == 4).await;
-    until("the PeerPod released", || api.list(PEERPODS).is_empty()).await;
+    until("four events", Duration::from_secs(30), || {
+        api.list(EVENTS).len() == 4
+    })
+    .await;
+    until("the PeerPod released", Duration::from_secs(30), || {
+        api.list(PEERPODS).is_empty()
+    })
+    .await;
 
     let events = api.list(EVENTS);
     for e in &events {
@@ -221,7 +222,12 @@ async fn rate_limits_hold_per_pod_and_per_node() {
         r.notify(notice("b", &format!("bbbbbbbb{i:04}"), deleted()));
     }
     r.notify(notice("c", "cccccccc0000", deleted()));
-    until("every notice accounted for", || accounted(&metrics) == 16).await;
+    until(
+        "every notice accounted for",
+        Duration::from_secs(30),
+        || accounted(&metrics) == 16,
+    )
+    .await;
     assert_eq!(metrics.events_posted.get(), 5, "the node's burst");
     assert_eq!(
         metrics.dropped_count(drop_reason::RATE_PER_POD),
@@ -268,7 +274,12 @@ async fn unreachable_api_drops_events_and_counts_them() {
             Activity::Deleted { instance_id: None },
         ));
     }
-    until("every notice accounted for", || accounted(&metrics) == 3).await;
+    until(
+        "every notice accounted for",
+        Duration::from_secs(30),
+        || accounted(&metrics) == 3,
+    )
+    .await;
     assert_eq!(metrics.dropped_count(drop_reason::API_ERROR), 1);
     assert_eq!(
         metrics.dropped_count(drop_reason::API_DOWN),
@@ -322,9 +333,11 @@ async fn a_hanging_api_never_holds_up_notify() {
         (45..=46).contains(&pp_full),
         "PeerPod queue_full: {pp_full}"
     );
-    until("the worker's first request", || {
-        !api.seen_matching("GET", "/pods/a").is_empty()
-    })
+    until(
+        "the worker's first request",
+        Duration::from_secs(30),
+        || !api.seen_matching("GET", "/pods/a").is_empty(),
+    )
     .await;
     assert_eq!(api.answered(), 0);
     assert!(api.list(PODS).len() == 1);

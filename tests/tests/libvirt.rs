@@ -16,31 +16,10 @@ use peerpod_protocols::protobuf::Message;
 use peerpod_provider_api::{ErrorKind, InstanceRequest, OwnerTags, Provider};
 use peerpod_provider_libvirt::LibvirtProvider;
 use peerpod_tests::harness::{config_in, init_logging, raw_call};
+use peerpod_tests::host_net::{sh, PodLan};
 use peerpod_tests::libvirt_env::LibvirtEnv;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The pod's network namespaces on the worker, removed even on failure.
-struct Netns(Vec<String>);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
-    }
-}
 
 /// Health and GetGuestDetails through a sandbox's agent socket.
 async fn agent_answers(sock: &std::path::Path) {
@@ -69,24 +48,9 @@ async fn two_sandboxes_boot_relay_ping_and_stop_clean() {
     let t = env.token.clone();
 
     // The pod's network on the worker: a CNI bridge, the pod's netns and a
-    // peer on the same bridge (as tests/tests/pod_network.rs builds it).
-    let (cni, pod, peer) = (
-        format!("pplv-c{t}"),
-        format!("pplv-p{t}"),
-        format!("pplv-q{t}"),
-    );
-    let _netns = Netns(vec![cni.clone(), pod.clone(), peer.clone()]);
-    sh(&format!(
-        "ip netns add {cni} && ip netns add {pod} && ip netns add {peer} && \
-         ip -n {cni} link add br0 type bridge && ip -n {cni} link set br0 up && \
-         ip -n {cni} addr add 10.96.0.1/24 dev br0 && \
-         ip link add eth0 netns {pod} type veth peer name p0 netns {cni} && \
-         ip -n {cni} link set p0 master br0 up && ip -n {pod} link set eth0 up && \
-         ip -n {pod} addr add 10.96.0.2/24 dev eth0 && ip -n {pod} route add default via 10.96.0.1 && \
-         ip link add eth0 netns {peer} type veth peer name q0 netns {cni} && \
-         ip -n {cni} link set q0 master br0 up && ip -n {peer} link set eth0 up && \
-         ip -n {peer} addr add 10.96.0.3/24 dev eth0"
-    ));
+    // peer on the same bridge.
+    let lan = PodLan::new("pplv", &t, "10.96.0");
+    let (pod, peer) = (lan.pod.clone(), lan.peer.clone());
 
     let dir = tempfile::tempdir().unwrap();
     let node = format!("lv-node-{t}");
@@ -420,23 +384,8 @@ async fn a_warm_pool_vm_is_bound_to_a_sandbox_with_its_pod_network() {
     let env = LibvirtEnv::required();
     init_logging();
     let t = env.token.clone();
-    let (cni, pod, peer) = (
-        format!("pplw-c{t}"),
-        format!("pplw-p{t}"),
-        format!("pplw-q{t}"),
-    );
-    let _netns = Netns(vec![cni.clone(), pod.clone(), peer.clone()]);
-    sh(&format!(
-        "ip netns add {cni} && ip netns add {pod} && ip netns add {peer} && \
-         ip -n {cni} link add br0 type bridge && ip -n {cni} link set br0 up && \
-         ip -n {cni} addr add 10.97.0.1/24 dev br0 && \
-         ip link add eth0 netns {pod} type veth peer name p0 netns {cni} && \
-         ip -n {cni} link set p0 master br0 up && ip -n {pod} link set eth0 up && \
-         ip -n {pod} addr add 10.97.0.2/24 dev eth0 && ip -n {pod} route add default via 10.97.0.1 && \
-         ip link add eth0 netns {peer} type veth peer name q0 netns {cni} && \
-         ip -n {cni} link set q0 master br0 up && ip -n {peer} link set eth0 up && \
-         ip -n {peer} addr add 10.97.0.3/24 dev eth0"
-    ));
+    let lan = PodLan::new("pplw", &t, "10.97.0");
+    let (pod, peer) = (lan.pod.clone(), lan.peer.clone());
     let dir = tempfile::tempdir().unwrap();
     let node = format!("lvw-node-{t}");
     let mut cfg = config_in(dir.path(), &node);

@@ -9,75 +9,31 @@ use cloud_api_adaptor::Daemon;
 use peerpod_provider_local::{LocalConfig, LocalProvider};
 use peerpod_tests::bins::bin_path;
 use peerpod_tests::harness::{config_in, init_logging, raw_call};
-use std::process::Command;
+use peerpod_tests::host_net::{sh, HostNetGuard, PodLan};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Namespaces and the bridge of the test, removed even when it fails.
-struct Cleanup {
-    netns: Vec<String>,
-    bridge: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for n in &self.netns {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
-    }
-}
-
-/// A pod namespace `pod` on a "CNI" bridge (in namespace `cni`) with a
-/// peer namespace `peer` on the same bridge, and a local-provider daemon
-/// whose instances sit on `bridge`.
+/// A pod's LAN on a "CNI" bridge (pod and peer namespaces), and a
+/// local-provider daemon whose instances sit on `bridge`.
 struct World {
-    clean: Cleanup,
-    pod: String,
-    peer: String,
+    lan: PodLan,
+    /// The instances' bridge and namespaces found during the test.
+    clean: HostNetGuard,
+    bridge: String,
     subnet: u8,
     dir: tempfile::TempDir,
 }
 
 impl World {
     fn new(t: &str, subnet: u8) -> Self {
-        let (cni, pod, peer) = (
-            format!("ppe-c{t}"),
-            format!("ppe-p{t}"),
-            format!("ppe-q{t}"),
-        );
         let bridge = format!("ppe{t}");
-        let clean = Cleanup {
-            netns: vec![cni.clone(), pod.clone(), peer.clone()],
-            bridge,
-        };
-        sh(&format!(
-            "ip netns add {cni} && ip netns add {pod} && ip netns add {peer} && \
-             ip -n {cni} link add br0 type bridge && ip -n {cni} link set br0 up && \
-             ip -n {cni} addr add 10.95.0.1/24 dev br0 && \
-             ip link add eth0 netns {pod} type veth peer name p0 netns {cni} && \
-             ip -n {cni} link set p0 master br0 up && ip -n {pod} link set eth0 up && \
-             ip -n {pod} addr add 10.95.0.2/24 dev eth0 && ip -n {pod} route add default via 10.95.0.1 && \
-             ip link add eth0 netns {peer} type veth peer name q0 netns {cni} && \
-             ip -n {cni} link set q0 master br0 up && ip -n {peer} link set eth0 up && \
-             ip -n {peer} addr add 10.95.0.3/24 dev eth0"
-        ));
         Self {
-            clean,
-            pod,
-            peer,
+            lan: PodLan::new("ppe", t, "10.95.0"),
+            clean: HostNetGuard {
+                netns: Vec::new(),
+                links: vec![bridge.clone()],
+            },
+            bridge,
             subnet,
             dir: tempfile::tempdir().unwrap(),
         }
@@ -128,7 +84,7 @@ async fn peer_on_the_cni_bridge_reaches_the_sandbox_through_the_tunnel() {
     init_logging();
     let t = format!("{:05x}", rand::random::<u32>() & 0xf_ffff);
     let mut w = World::new(&t, 3);
-    let (pod, peer, bridge) = (w.pod.clone(), w.peer.clone(), w.clean.bridge.clone());
+    let (pod, peer, bridge) = (w.lan.pod.clone(), w.lan.peer.clone(), w.bridge.clone());
     let (cfg, daemon) = w.daemon(&bridge).await;
     let h = Hypervisor::connect(&cfg.socket).await.unwrap();
 
@@ -279,7 +235,7 @@ async fn stop_vm_kills_container_processes_in_the_pod_netns() {
     init_logging();
     let t = format!("{:05x}", rand::random::<u32>() & 0xf_ffff);
     let mut w = World::new(&t, 4);
-    let bridge = w.clean.bridge.clone();
+    let bridge = w.bridge.clone();
     let (cfg, daemon) = w.daemon(&bridge).await;
     let h = Hypervisor::connect(&cfg.socket).await.unwrap();
     let id = format!("sbleak{t}");
@@ -287,7 +243,7 @@ async fn stop_vm_kills_container_processes_in_the_pod_netns() {
         .create_vm(
             &id,
             shim_annotations("web", "default"),
-            &format!("/run/netns/{}", w.pod),
+            &w.lan.pod_netns_path(),
         )
         .await
         .expect("CreateVM");

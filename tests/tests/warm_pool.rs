@@ -13,40 +13,13 @@ use cloud_api_adaptor::{AdaptorConfig, Daemon};
 use peerpod_provider_api::{InstanceRequest, OwnerTags, Provider};
 use peerpod_provider_local::{LocalConfig, LocalProvider};
 use peerpod_tests::bins::bin_path;
-use peerpod_tests::harness::{config_in, init_logging};
+use peerpod_tests::harness::{config_in, init_logging, until, LONG_WAIT};
+use peerpod_tests::host_net::{sh, HostNetGuard, PodLan};
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const AUTH: &str = r#"{"auths":{"registry.example":{"auth":"d2FybXBvb2w6c2VjcmV0"}}}"#;
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Namespaces and bridges of the test, removed even when it fails.
-struct Cleanup {
-    netns: Vec<String>,
-    links: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for n in &self.netns {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
-        for l in &self.links {
-            let _ = Command::new("ip").args(["link", "del", l]).output();
-        }
-    }
-}
 
 fn require_root() {
     assert!(
@@ -112,14 +85,6 @@ impl World {
     }
 }
 
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn pool_instances(p: &LocalProvider, node: &str) -> Vec<peerpod_provider_api::Instance> {
     p.list_instances(&OwnerTags::new("", node, ""))
         .await
@@ -134,30 +99,17 @@ async fn startvm_binds_a_pool_vm_with_the_pod_network_and_the_pool_refills() {
     require_root();
     init_logging();
     let w = World::new(40..140);
-    let (cni, pod, peer) = (
-        format!("ppw-c{}", w.tag),
-        format!("ppw-p{}", w.tag),
-        format!("ppw-q{}", w.tag),
-    );
-    let mut clean = Cleanup {
-        netns: vec![cni.clone(), pod.clone(), peer.clone()],
+    let lan = PodLan::new("ppw", &w.tag, "10.96.0");
+    let (pod, peer) = (lan.pod.clone(), lan.peer.clone());
+    let mut clean = HostNetGuard {
+        netns: Vec::new(),
         links: vec![w.bridge.clone()],
     };
-    sh(&format!(
-        "ip netns add {cni} && ip netns add {pod} && ip netns add {peer} && \
-         ip -n {cni} link add br0 type bridge && ip -n {cni} link set br0 up && \
-         ip link add eth0 netns {pod} type veth peer name p0 netns {cni} && \
-         ip -n {cni} link set p0 master br0 up && ip -n {pod} link set eth0 up && \
-         ip -n {pod} addr add 10.96.0.2/24 dev eth0 && ip -n {pod} route add default via 10.96.0.1 && \
-         ip link add eth0 netns {peer} type veth peer name q0 netns {cni} && \
-         ip -n {cni} link set q0 master br0 up && ip -n {peer} link set eth0 up && \
-         ip -n {peer} addr add 10.96.0.3/24 dev eth0"
-    ));
     let provider = w.provider();
     let cfg = w.config(1);
     let daemon = Daemon::start(cfg.clone(), provider.clone()).await.unwrap();
     let m = daemon.manager.clone();
-    wait_for("a ready pool VM", || m.pool_ready() == 1).await;
+    until("a ready pool VM", LONG_WAIT, || m.pool_ready() == 1).await;
     let pooled = pool_instances(&provider, &cfg.node_name).await;
     assert_eq!(pooled.len(), 1);
     let pool_vm = pooled[0].clone();
@@ -214,7 +166,7 @@ async fn startvm_binds_a_pool_vm_with_the_pod_network_and_the_pool_refills() {
         .join("local/instances")
         .join(&pool_vm.id)
         .join("run");
-    wait_for("the bound config on disk", || {
+    until("the bound config on disk", LONG_WAIT, || {
         std::fs::read_to_string(run.join("daemon.json")).is_ok_and(|c| c.contains(&id))
     })
     .await;
@@ -228,7 +180,7 @@ async fn startvm_binds_a_pool_vm_with_the_pod_network_and_the_pool_refills() {
         AUTH
     );
     // Retagged: found by the sandbox's owner tags like a cold VM.
-    wait_for("retag", || {
+    until("retag", LONG_WAIT, || {
         futures::executor::block_on(provider.list_instances(&OwnerTags::new(
             "",
             &*cfg.node_name,
@@ -247,7 +199,7 @@ async fn startvm_binds_a_pool_vm_with_the_pod_network_and_the_pool_refills() {
     sh(&format!("ip netns exec {peer} ping -c 2 -W 3 10.96.0.2"));
 
     // The pool refills with a new VM.
-    wait_for("the pool refilled", || m.pool_ready() == 1).await;
+    until("the pool refilled", LONG_WAIT, || m.pool_ready() == 1).await;
     let refilled = pool_instances(&provider, &cfg.node_name).await;
     assert_eq!(refilled.len(), 1);
     assert_ne!(refilled[0].id, pool_vm.id);
@@ -286,7 +238,7 @@ async fn startvm_binds_a_pool_vm_with_the_pod_network_and_the_pool_refills() {
     m.wait_teardowns().await;
     // Drain (uninstall): every pool VM goes, nothing is made again.
     m.drain_pool();
-    wait_for("drained", || m.pool_len() == 0).await;
+    until("drained", LONG_WAIT, || m.pool_len() == 0).await;
     m.wait_teardowns().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let left = provider
@@ -302,7 +254,7 @@ async fn pool_vms_survive_a_restart_surplus_goes_and_orphans_are_told_apart() {
     require_root();
     init_logging();
     let w = World::new(150..250);
-    let _clean = Cleanup {
+    let _clean = HostNetGuard {
         netns: Vec::new(),
         links: vec![w.bridge.clone()],
     };
@@ -310,7 +262,7 @@ async fn pool_vms_survive_a_restart_surplus_goes_and_orphans_are_told_apart() {
     let cfg = w.config(2);
     let daemon = Daemon::start(cfg.clone(), provider.clone()).await.unwrap();
     let m = daemon.manager.clone();
-    wait_for("two ready pool VMs", || m.pool_ready() == 2).await;
+    until("two ready pool VMs", LONG_WAIT, || m.pool_ready() == 2).await;
     let before: Vec<String> = pool_instances(&provider, &cfg.node_name)
         .await
         .into_iter()
@@ -357,7 +309,7 @@ async fn pool_vms_survive_a_restart_surplus_goes_and_orphans_are_told_apart() {
     daemon.shutdown().await;
     let daemon = Daemon::start(cfg.clone(), provider.clone()).await.unwrap();
     let m = daemon.manager.clone();
-    wait_for("pool VMs re-offered", || m.pool_ready() == 2).await;
+    until("pool VMs re-offered", LONG_WAIT, || m.pool_ready() == 2).await;
     let mut again: Vec<String> = pool_instances(&provider, &cfg.node_name)
         .await
         .into_iter()
@@ -372,7 +324,7 @@ async fn pool_vms_survive_a_restart_surplus_goes_and_orphans_are_told_apart() {
     daemon.shutdown().await;
     let daemon = Daemon::start(w.config(1), provider.clone()).await.unwrap();
     let m = daemon.manager.clone();
-    wait_for("surplus deleted", || m.pool_len() == 1).await;
+    until("surplus deleted", LONG_WAIT, || m.pool_len() == 1).await;
     m.wait_teardowns().await;
     assert_eq!(pool_instances(&provider, &cfg.node_name).await.len(), 1);
     daemon.shutdown().await;
@@ -380,7 +332,7 @@ async fn pool_vms_survive_a_restart_surplus_goes_and_orphans_are_told_apart() {
     // Off (0): the rest goes.
     let daemon = Daemon::start(w.config(0), provider.clone()).await.unwrap();
     let m = daemon.manager.clone();
-    wait_for("pool emptied", || m.pool_len() == 0).await;
+    until("pool emptied", LONG_WAIT, || m.pool_len() == 0).await;
     m.wait_teardowns().await;
     assert!(pool_instances(&provider, &cfg.node_name).await.is_empty());
     daemon.shutdown().await;
@@ -412,7 +364,7 @@ async fn a_failed_bind_deletes_the_pool_vm_and_the_start_goes_cold() {
     };
     let daemon = Daemon::start(cfg.clone(), provider.clone()).await.unwrap();
     let m = daemon.manager.clone();
-    wait_for("a ready pool VM", || m.pool_ready() == 1).await;
+    until("a ready pool VM", LONG_WAIT, || m.pool_ready() == 1).await;
     let pool_vm = provider.live().pop().unwrap();
     assert!(provider.kill_forwarder(&pool_vm).await);
 
@@ -435,7 +387,7 @@ async fn a_failed_bind_deletes_the_pool_vm_and_the_start_goes_cold() {
         metrics.contains("peerpod_warm_pool_hits_total{key=\"default\"} 1"),
         "{metrics}"
     );
-    wait_for("the unusable pool VM deleted", || {
+    until("the unusable pool VM deleted", LONG_WAIT, || {
         !provider.live().contains(&pool_vm)
     })
     .await;

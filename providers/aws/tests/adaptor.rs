@@ -8,9 +8,10 @@ mod common;
 
 use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
 use cloud_api_adaptor::client::{shim_annotations, Hypervisor};
-use cloud_api_adaptor::{AdaptorConfig, Daemon};
+use cloud_api_adaptor::Daemon;
 use common::{net, Moto};
-use peerpod_provider_aws::{AwsProvider, RawAwsConfig};
+use peerpod_provider_aws::AwsProvider;
+use peerpod_tests::harness::config_in;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,19 +50,10 @@ async fn startvm_creates_the_instance_with_our_user_data_and_cleans_up() {
     let sdk = moto.sdk().await;
     let client = aws_sdk_ec2::Client::new(&sdk);
     let n = net(&client).await;
-    let raw = RawAwsConfig {
-        ami_id: Some(n.ami.clone()),
-        subnet_id: Some(n.subnet.clone()),
-        security_group_ids: Some(n.sg.clone()),
-        ip_wait_secs: Some("20".into()),
-        ..Default::default()
-    };
+    let raw = n.raw_config();
     let provider = Arc::new(AwsProvider::with_sdk_config(raw.check().unwrap(), &sdk));
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = AdaptorConfig::new("aws-node");
-    cfg.socket = dir.path().join("hv.sock");
-    cfg.pods_dir = dir.path().join("pods");
-    cfg.state_dir = dir.path().join("state");
+    let mut cfg = config_in(dir.path(), "aws-node");
     cfg.connect_timeout = Duration::from_millis(300);
     cfg.start_timeout = Duration::from_secs(60);
     let daemon = Daemon::start(cfg.clone(), provider).await.unwrap();

@@ -116,12 +116,8 @@ async fn the_aws_provider_passes_the_conformance_kit() {
     let n = net(&client).await;
     let proxy = Ec2Proxy::start(&moto.url, &[NO_CAPACITY_TYPE]).await;
     let raw = RawAwsConfig {
-        ami_id: Some(n.ami.clone()),
-        subnet_id: Some(n.subnet.clone()),
-        security_group_ids: Some(n.sg.clone()),
         instance_types: Some(format!("m6a.large,{NO_CAPACITY_TYPE}")),
-        ip_wait_secs: Some("20".into()),
-        ..Default::default()
+        ..n.raw_config()
     };
     let provider: Arc<dyn Provider> = Arc::new(AwsProvider::with_sdk_config(
         raw.check().unwrap(),

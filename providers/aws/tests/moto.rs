@@ -32,13 +32,9 @@ fn request(sandbox: &str) -> InstanceRequest {
 
 fn raw(n: &Net) -> RawAwsConfig {
     RawAwsConfig {
-        ami_id: Some(n.ami.clone()),
-        subnet_id: Some(n.subnet.clone()),
-        security_group_ids: Some(n.sg.clone()),
         tags: Some("team=qa,cost=42".into()),
         instance_types: Some("m6a.large,m6a.xlarge,m6a.2xlarge".into()),
-        ip_wait_secs: Some("20".into()),
-        ..Default::default()
+        ..n.raw_config()
     }
 }
 

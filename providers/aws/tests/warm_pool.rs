@@ -16,9 +16,9 @@ use base64::Engine as _;
 use cloud_api_adaptor::client::{agent_health, shim_annotations, Hypervisor};
 use cloud_api_adaptor::Daemon;
 use common::{net, Moto};
-use peerpod_provider_aws::{AwsProvider, RawAwsConfig};
+use peerpod_provider_aws::AwsProvider;
 use peerpod_tests::fake_vm::FakeVm;
-use peerpod_tests::harness::{pool_config_in, wait_for};
+use peerpod_tests::harness::{pool_config_in, until, wait_for, LONG_WAIT};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,13 +75,7 @@ async fn pool_fills_binds_retags_and_drains_through_ec2() {
     let sdk = moto.sdk().await;
     let client = aws_sdk_ec2::Client::new(&sdk);
     let n = net(&client).await;
-    let raw = RawAwsConfig {
-        ami_id: Some(n.ami.clone()),
-        subnet_id: Some(n.subnet.clone()),
-        security_group_ids: Some(n.sg.clone()),
-        ip_wait_secs: Some("20".into()),
-        ..Default::default()
-    };
+    let raw = n.raw_config();
     let provider = Arc::new(AwsProvider::with_sdk_config(raw.check().unwrap(), &sdk));
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = pool_config_in(dir.path(), "aws-pool-node");
@@ -90,7 +84,7 @@ async fn pool_fills_binds_retags_and_drains_through_ec2() {
     let m = daemon.manager.clone();
 
     // 1. The pool fills: one instance, tagged, with a bootstrap config.
-    wait_for("a pool instance", || async {
+    wait_for("a pool instance", LONG_WAIT, || async {
         pool_instances(&client)
             .await
             .iter()
@@ -129,7 +123,7 @@ async fn pool_fills_binds_retags_and_drains_through_ec2() {
     let vm = FakeVm::boot(&ud, ip.parse().unwrap(), cfg.forwarder_port)
         .await
         .unwrap();
-    wait_for("the pool VM ready", || async { m.pool_ready() == 1 }).await;
+    until("the pool VM ready", LONG_WAIT, || m.pool_ready() == 1).await;
 
     // 3. StartVM binds it.
     let h = Hypervisor::connect(&cfg.socket).await.unwrap();
@@ -151,7 +145,7 @@ async fn pool_fills_binds_retags_and_drains_through_ec2() {
     );
     assert_eq!(vm.auth_json().as_deref(), Some(AUTH));
     // CreateTags: the sandbox's owner tags, and its name.
-    wait_for("retagged", || async {
+    wait_for("retagged", LONG_WAIT, || async {
         pool_instances(&client).await.iter().any(|i| {
             i.0 == iid && i.2.get("peerpod-sandbox").map(String::as_str) == Some("sbawsw1")
         })
@@ -168,7 +162,7 @@ async fn pool_fills_binds_retags_and_drains_through_ec2() {
     // 4. StopVM terminates it; the refill made another; drain terminates it.
     h.stop_vm("sbawsw1").await.unwrap();
     m.wait_teardowns().await;
-    wait_for("a refilled pool instance", || async {
+    wait_for("a refilled pool instance", LONG_WAIT, || async {
         pool_instances(&client)
             .await
             .iter()
@@ -176,7 +170,7 @@ async fn pool_fills_binds_retags_and_drains_through_ec2() {
     })
     .await;
     m.drain_pool();
-    wait_for("drained", || async { m.pool_len() == 0 }).await;
+    until("drained", LONG_WAIT, || m.pool_len() == 0).await;
     m.wait_teardowns().await;
     let left: Vec<_> = pool_instances(&client)
         .await

@@ -8,9 +8,10 @@
 mod common;
 
 use cloud_api_adaptor::client::{shim_annotations, Hypervisor};
-use cloud_api_adaptor::{AdaptorConfig, Daemon};
-use common::{image_id, subnet_id, FakeArm, Fault, RG, SUB, TOKEN};
-use peerpod_provider_azure::{ArmTiming, AzureProvider, RawAzureConfig, StaticToken};
+use cloud_api_adaptor::Daemon;
+use common::{FakeArm, Fault, TOKEN};
+use peerpod_provider_azure::{ArmTiming, AzureProvider, StaticToken};
+use peerpod_tests::harness::config_in;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,15 +32,7 @@ fn closed_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startvm_creates_the_vm_with_our_cloud_config_and_stopvm_deletes_it_all() {
     let arm = FakeArm::start().await;
-    let raw = RawAzureConfig {
-        subscription_id: Some(SUB.into()),
-        region: Some("eastus".into()),
-        resource_group: Some(RG.into()),
-        subnet_id: Some(subnet_id()),
-        image_id: Some(image_id()),
-        arm_endpoint: Some(arm.url.clone()),
-        ..Default::default()
-    };
+    let raw = arm.raw_config();
     let timing = ArmTiming {
         poll_interval: Duration::from_millis(10),
         ..Default::default()
@@ -48,10 +41,7 @@ async fn startvm_creates_the_vm_with_our_cloud_config_and_stopvm_deletes_it_all(
         AzureProvider::new(raw.check().unwrap(), StaticToken::new(TOKEN), timing).unwrap(),
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = AdaptorConfig::new("azure-node");
-    cfg.socket = dir.path().join("hv.sock");
-    cfg.pods_dir = dir.path().join("pods");
-    cfg.state_dir = dir.path().join("state");
+    let mut cfg = config_in(dir.path(), "azure-node");
     cfg.forwarder_port = closed_port();
     cfg.connect_timeout = Duration::from_millis(300);
     cfg.start_timeout = Duration::from_secs(60);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{image_id, subnet_id, userdata_fixture, FakeArm, Fault, RG, SUB, TOKEN};
+use common::{image_id, subnet_id, userdata_fixture, FakeArm, Fault, RG, TOKEN};
 use peerpod_provider_api::{ErrorKind, InstanceRequest, OwnerTags, Provider};
 use peerpod_provider_azure::{ArmTiming, AzureProvider, RawAzureConfig, StaticToken};
 use serde_json::{json, Value};
@@ -24,15 +24,7 @@ fn timing() -> ArmTiming {
 }
 
 fn provider(arm: &FakeArm, set: impl FnOnce(&mut RawAzureConfig)) -> AzureProvider {
-    let mut raw = RawAzureConfig {
-        subscription_id: Some(SUB.into()),
-        region: Some("eastus".into()),
-        resource_group: Some(RG.into()),
-        subnet_id: Some(subnet_id()),
-        image_id: Some(image_id()),
-        arm_endpoint: Some(arm.url.clone()),
-        ..Default::default()
-    };
+    let mut raw = arm.raw_config();
     set(&mut raw);
     AzureProvider::new(raw.check().unwrap(), StaticToken::new(TOKEN), timing()).unwrap()
 }
@@ -466,15 +458,7 @@ async fn verify_reports_what_it_checked_and_names_what_is_missing() {
     let e = p.verify().await.unwrap_err();
     assert!(e.message.contains("Standard_NC96ads_A100_v4"), "{e}");
     // A wrong token: ARM's 401 is a permission error.
-    let raw = RawAzureConfig {
-        subscription_id: Some(SUB.into()),
-        region: Some("eastus".into()),
-        resource_group: Some(RG.into()),
-        subnet_id: Some(subnet_id()),
-        image_id: Some(image_id()),
-        arm_endpoint: Some(arm.url.clone()),
-        ..Default::default()
-    };
+    let raw = arm.raw_config();
     let p = AzureProvider::new(raw.check().unwrap(), StaticToken::new("wrong"), timing()).unwrap();
     let e = p.verify().await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::PermissionDenied);

@@ -13,7 +13,7 @@
 mod common;
 
 use async_trait::async_trait;
-use common::{image_id, subnet_id, FakeArm, Fault, RG, SUB, TOKEN};
+use common::{FakeArm, Fault, TOKEN};
 use peerpod_provider_api::{ErrorKind, Provider};
 use peerpod_provider_azure::{ArmTiming, AzureProvider, RawAzureConfig, StaticToken};
 use peerpod_provider_conformance::{run_all, Fixture, Injection};
@@ -98,14 +98,8 @@ impl Fixture for AzureFixture {
 async fn the_azure_provider_passes_the_conformance_kit() {
     let arm = FakeArm::start().await;
     let raw = RawAzureConfig {
-        subscription_id: Some(SUB.into()),
-        region: Some("eastus".into()),
-        resource_group: Some(RG.into()),
-        subnet_id: Some(subnet_id()),
-        image_id: Some(image_id()),
-        arm_endpoint: Some(arm.url.clone()),
         instance_sizes: Some(SIZE.into()),
-        ..Default::default()
+        ..arm.raw_config()
     };
     let timing = ArmTiming {
         poll_interval: Duration::from_millis(10),

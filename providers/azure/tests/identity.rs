@@ -7,11 +7,9 @@
 mod common;
 
 use common::token::TokenServer;
-use common::{image_id, subnet_id, FakeArm, RG, SUB};
+use common::FakeArm;
 use peerpod_provider_api::{ErrorKind, Provider};
-use peerpod_provider_azure::{
-    ArmTiming, AzureProvider, CredentialKind, RawAzureConfig, RawCredentials,
-};
+use peerpod_provider_azure::{ArmTiming, AzureProvider, CredentialKind, RawCredentials};
 
 const TENANT: &str = "00000000-0000-0000-0000-0000000000dd";
 const CLIENT: &str = "00000000-0000-0000-0000-0000000000cc";
@@ -22,15 +20,7 @@ fn provider(
     tokens: &TokenServer,
     creds: RawCredentials,
 ) -> (AzureProvider, CredentialKind) {
-    let raw = RawAzureConfig {
-        subscription_id: Some(SUB.into()),
-        region: Some("eastus".into()),
-        resource_group: Some(RG.into()),
-        subnet_id: Some(subnet_id()),
-        image_id: Some(image_id()),
-        arm_endpoint: Some(arm.url.clone()),
-        ..Default::default()
-    };
+    let raw = arm.raw_config();
     let (cred, kind) = creds.build_with_http(Some(&tokens.client())).unwrap();
     (
         AzureProvider::new(raw.check().unwrap(), cred, ArmTiming::default()).unwrap(),

@@ -11,11 +11,11 @@ mod common;
 use base64::Engine as _;
 use cloud_api_adaptor::client::{agent_health, shim_annotations, Hypervisor};
 use cloud_api_adaptor::Daemon;
-use common::{image_id, subnet_id, FakeArm, RG, SUB, TOKEN};
+use common::{FakeArm, TOKEN};
 use peerpod_provider_api::{OwnerTags, Provider};
-use peerpod_provider_azure::{ArmTiming, AzureProvider, RawAzureConfig, StaticToken};
+use peerpod_provider_azure::{ArmTiming, AzureProvider, StaticToken};
 use peerpod_tests::fake_vm::FakeVm;
-use peerpod_tests::harness::{pool_config_in, wait_for};
+use peerpod_tests::harness::{pool_config_in, until, wait_for, LONG_WAIT};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,15 +25,7 @@ const AUTH: &str = r#"{"auths":{"r.example":{"auth":"YXp1cmU6c2VjcmV0"}}}"#;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_fills_binds_and_drains_through_arm() {
     let arm = FakeArm::start().await;
-    let raw = RawAzureConfig {
-        subscription_id: Some(SUB.into()),
-        region: Some("eastus".into()),
-        resource_group: Some(RG.into()),
-        subnet_id: Some(subnet_id()),
-        image_id: Some(image_id()),
-        arm_endpoint: Some(arm.url.clone()),
-        ..Default::default()
-    };
+    let raw = arm.raw_config();
     let timing = ArmTiming {
         poll_interval: Duration::from_millis(10),
         ..Default::default()
@@ -49,7 +41,7 @@ async fn pool_fills_binds_and_drains_through_arm() {
     let node = OwnerTags::new("", "azure-pool-node", "");
 
     // 1. The pool fills: one VM, tagged, with a bootstrap config.
-    wait_for("a pool VM", || async {
+    wait_for("a pool VM", LONG_WAIT, || async {
         arm.of_type("virtualmachines").len() == 1
     })
     .await;
@@ -81,7 +73,7 @@ async fn pool_fills_binds_and_drains_through_arm() {
     let vm = FakeVm::boot(&ud, pool_vm.ips[0], cfg.forwarder_port)
         .await
         .unwrap();
-    wait_for("the pool VM ready", || async { m.pool_ready() == 1 }).await;
+    until("the pool VM ready", LONG_WAIT, || m.pool_ready() == 1).await;
 
     // 3. StartVM binds it.
     let h = Hypervisor::connect(&cfg.socket).await.unwrap();
@@ -109,12 +101,12 @@ async fn pool_fills_binds_and_drains_through_arm() {
         !arm.exists(&FakeArm::vm_path(&pool_vm.name)),
         "the bound VM is deleted"
     );
-    wait_for("the refill", || async {
+    wait_for("the refill", LONG_WAIT, || async {
         arm.of_type("virtualmachines").len() == 1
     })
     .await;
     m.drain_pool();
-    wait_for("drained", || async { m.pool_len() == 0 }).await;
+    until("drained", LONG_WAIT, || m.pool_len() == 0).await;
     m.wait_teardowns().await;
     for kind in ["virtualmachines", "networkinterfaces", "disks"] {
         assert!(

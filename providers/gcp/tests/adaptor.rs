@@ -7,8 +7,9 @@
 mod common;
 
 use cloud_api_adaptor::client::{shim_annotations, Hypervisor};
-use cloud_api_adaptor::{AdaptorConfig, Daemon};
+use cloud_api_adaptor::Daemon;
 use common::{provider, raw, GceServer};
+use peerpod_tests::harness::config_in;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +18,7 @@ async fn startvm_inserts_our_user_data_and_failure_deletes_the_instance() {
     let gce = GceServer::start().await;
     let p = Arc::new(provider(raw(&gce.url)).await);
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = AdaptorConfig::new("gcp-node");
-    cfg.socket = dir.path().join("hv.sock");
-    cfg.pods_dir = dir.path().join("pods");
-    cfg.state_dir = dir.path().join("state");
+    let mut cfg = config_in(dir.path(), "gcp-node");
     cfg.connect_timeout = Duration::from_millis(300);
     let daemon = Daemon::start(cfg.clone(), p).await.unwrap();
     let h = Hypervisor::connect(&cfg.socket).await.unwrap();

@@ -13,7 +13,7 @@ use cloud_api_adaptor::client::{agent_health, shim_annotations, Hypervisor};
 use cloud_api_adaptor::Daemon;
 use common::{provider, raw, GceServer};
 use peerpod_tests::fake_vm::FakeVm;
-use peerpod_tests::harness::{pool_config_in, wait_for};
+use peerpod_tests::harness::{pool_config_in, until, wait_for, LONG_WAIT};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ async fn pool_fills_binds_and_drains_through_gce() {
     let m = daemon.manager.clone();
 
     // 1. The pool fills: one insert, labelled, with a bootstrap config.
-    wait_for("a pool instance", || async {
+    wait_for("a pool instance", LONG_WAIT, || async {
         gce.instance_names().len() == 1
     })
     .await;
@@ -64,7 +64,7 @@ async fn pool_fills_binds_and_drains_through_gce() {
     let vm = FakeVm::boot(ud.as_bytes(), ip, cfg.forwarder_port)
         .await
         .unwrap();
-    wait_for("the pool VM ready", || async { m.pool_ready() == 1 }).await;
+    until("the pool VM ready", LONG_WAIT, || m.pool_ready() == 1).await;
 
     // 3. StartVM binds it.
     let h = Hypervisor::connect(&cfg.socket).await.unwrap();
@@ -99,7 +99,7 @@ async fn pool_fills_binds_and_drains_through_gce() {
     // 4. StopVM deletes it; the refill made another; drain deletes it.
     h.stop_vm("sbgcpw1").await.unwrap();
     m.wait_teardowns().await;
-    wait_for("the refill", || async {
+    wait_for("the refill", LONG_WAIT, || async {
         gce.instance_names().iter().any(|n| n != &name)
     })
     .await;
@@ -108,7 +108,7 @@ async fn pool_fills_binds_and_drains_through_gce() {
         "the bound VM is deleted"
     );
     m.drain_pool();
-    wait_for("drained", || async { m.pool_len() == 0 }).await;
+    until("drained", LONG_WAIT, || m.pool_len() == 0).await;
     m.wait_teardowns().await;
     assert!(
         gce.instance_names().is_empty(),

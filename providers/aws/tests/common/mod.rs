@@ -134,6 +134,20 @@ pub async fn net(c: &aws_sdk_ec2::Client) -> Net {
     Net { subnet, sg, ami }
 }
 
+impl Net {
+    /// The provider settings for this network: its AMI, subnet and
+    /// security group, and a 20 s wait for the instance's address.
+    pub fn raw_config(&self) -> peerpod_provider_aws::RawAwsConfig {
+        peerpod_provider_aws::RawAwsConfig {
+            ami_id: Some(self.ami.clone()),
+            subnet_id: Some(self.subnet.clone()),
+            security_group_ids: Some(self.sg.clone()),
+            ip_wait_secs: Some("20".into()),
+            ..Default::default()
+        }
+    }
+}
+
 /// An HTTP/1.1 proxy between the SDK and moto: records every request body
 /// and refuses RunInstances for the listed instance types as EC2 does
 /// when a zone has no capacity. Everything else goes to moto unchanged.

@@ -115,6 +115,20 @@ fn key(path: &str) -> String {
 }
 
 impl FakeArm {
+    /// The provider settings that point at this stand-in: its
+    /// subscription, region, resource group, subnet and image.
+    pub fn raw_config(&self) -> peerpod_provider_azure::RawAzureConfig {
+        peerpod_provider_azure::RawAzureConfig {
+            subscription_id: Some(SUB.into()),
+            region: Some("eastus".into()),
+            resource_group: Some(RG.into()),
+            subnet_id: Some(subnet_id()),
+            image_id: Some(image_id()),
+            arm_endpoint: Some(self.url.clone()),
+            ..Default::default()
+        }
+    }
+
     pub async fn start() -> FakeArm {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
