@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod error;
 pub mod link;
+pub mod neigh;
 pub use peerpod_podnet::netns;
 pub mod process;
 pub mod state;
@@ -617,6 +618,7 @@ impl Provider for LocalProvider {
         let g = self.lock.lock().await;
         if !self.swept.swap(true, std::sync::atomic::Ordering::SeqCst) {
             state::remove_unfinished(&self.cfg.state_dir);
+            neigh::ensure_capacity(self.cfg.capacity());
         }
         let existing = state::load_all(&self.cfg.state_dir);
         let index = self.free_index(&existing).ok_or_else(|| {
