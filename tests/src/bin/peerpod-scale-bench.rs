@@ -109,7 +109,8 @@ fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        // fold from +0: a float `sum` of nothing is -0 ("misses -0").
+        .fold(0.0, |a, b| a + b)
 }
 
 async fn wait_pool_ready(a: &AdaptorProcess, want: usize, limit: Duration) -> anyhow::Result<()> {
@@ -132,7 +133,70 @@ fn metric_state(text: &str, state: &str) -> f64 {
             l.starts_with("peerpod_warm_pool_vms{") && l.contains(&format!("state=\"{state}\""))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
+}
+
+/// Deletes the bridges an earlier run, killed before it could clean up,
+/// left holding this bench's subnet (they would take the new bridge's
+/// traffic).
+fn remove_stale_bridges() {
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let [_, name, _, addr, ..] = fields[..] {
+            if name.starts_with("pprl") && addr.starts_with("10.220.") {
+                println!("removing {name} ({addr}), left by an earlier run");
+                let _ = std::process::Command::new("ip")
+                    .args(["link", "del", name])
+                    .status();
+            }
+        }
+    }
+}
+
+/// With BENCH_ADAPTOR_LOG set, the adaptor's log lines about sandbox
+/// `id` and its instance (to see where a slow start spent its time).
+fn print_start_log(a: &AdaptorProcess, id: &str) {
+    if std::env::var("BENCH_ADAPTOR_LOG").is_err() {
+        return;
+    }
+    println!("--- slow start {id}:");
+    let log = a.log();
+    let mut names = vec![
+        format!("sandbox {id} "),
+        format!("\"{id}\""),
+        format!("={id} "),
+    ];
+    let instance = log
+        .lines()
+        .filter(|l| names.iter().any(|n| l.contains(n.as_str())))
+        .find_map(|l| l.split("instance_id=").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .map(str::to_string);
+    if let Some(i) = instance {
+        names.push(i);
+    }
+    // Readiness attempts name the instance's address, not the sandbox.
+    let ip = log
+        .lines()
+        .filter(|l| names.iter().any(|n| l.contains(n.as_str())))
+        .find_map(|l| l.split("ip=Some(").nth(1))
+        .and_then(|s| s.split(')').next())
+        .map(|ip| format!("{ip}:"));
+    if let Some(ip) = ip {
+        names.push(ip);
+    }
+    for l in log
+        .lines()
+        .filter(|l| names.iter().any(|n| l.contains(n.as_str())))
+    {
+        println!("{l}");
+    }
 }
 
 /// CreateVM + StartVM; returns the StartVM time.
@@ -230,19 +294,8 @@ async fn compare(args: &Args) -> anyhow::Result<()> {
         cold.push(t);
         stop_one(&a, &id).await?;
     }
-    if std::env::var("BENCH_ADAPTOR_LOG").is_ok() {
-        for id in &slow {
-            println!("--- slow start {id}:");
-            let log = a.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let at = lines
-                .iter()
-                .position(|l| l.contains(&format!("sandbox {id} ")))
-                .unwrap_or(0);
-            for l in &lines[at..(at + 60).min(lines.len())] {
-                println!("{l}");
-            }
-        }
+    for id in &slow {
+        print_start_log(&a, id);
     }
     let m = metrics(&a).await?;
     println!(
@@ -374,7 +427,7 @@ async fn churn(args: &Args, a: &Arc<AdaptorProcess>, pid: u32) -> anyhow::Result
                 times
                     .lock()
                     .map_err(|_| anyhow::anyhow!("poisoned"))?
-                    .push(took);
+                    .push((took, id.clone()));
                 current[slot] = id;
                 cycles.fetch_add(1, Ordering::SeqCst);
             }
@@ -384,6 +437,7 @@ async fn churn(args: &Args, a: &Arc<AdaptorProcess>, pid: u32) -> anyhow::Result
             Ok::<_, anyhow::Error>(())
         }));
     }
+    let m0 = metrics(a).await?;
     let first = (fds_threads(pid), rss_kib(pid).unwrap_or(0));
     println!("churn minute 0: adaptor {}", usage(pid));
     let mut samples = vec![first];
@@ -400,10 +454,29 @@ async fn churn(args: &Args, a: &Arc<AdaptorProcess>, pid: u32) -> anyhow::Result
     for w in workers {
         w.await??;
     }
-    let times = times
+    let m1 = metrics(a).await?;
+    let mut timed = times
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
         .clone();
+    timed.sort();
+    let times: Vec<Duration> = timed.iter().map(|(t, _)| *t).collect();
+    let delta = |name: &str| metric(&m1, name) - metric(&m0, name);
+    println!(
+        "churn pool: hits {} misses {}; slowest starts: {}",
+        delta("peerpod_warm_pool_hits_total"),
+        delta("peerpod_warm_pool_misses_total"),
+        timed
+            .iter()
+            .rev()
+            .take(5)
+            .map(|(t, id)| format!("{id} {}", ms(*t)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (_, id) in timed.iter().rev().take(3) {
+        print_start_log(a, id);
+    }
     let last = samples.last().copied().unwrap_or(first);
     println!(
         "churn: {} minutes, {} stop+start cycles, StartVM p50 {} p99 {}; adaptor fds {} -> {}, threads {} -> {}, RSS {:.1} -> {:.1} MiB",
@@ -442,6 +515,7 @@ async fn main() -> anyhow::Result<()> {
         bail!("the scale bench needs root (network namespaces, the local provider)");
     }
     raise_nofile();
+    remove_stale_bridges();
     println!(
         "machine: {} cores, kernel {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
