@@ -8,34 +8,22 @@
 use crate::bins::bin_path;
 use peerpod_provider_api::{Instance, InstanceRequest, OwnerTags, Provider};
 use peerpod_provider_local::{LocalConfig, LocalProvider};
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 /// A request for an instance `name` owned by `node` / `sandbox` whose user
 /// data starts a forwarder for the sandbox (no TLS, no pod network).
 pub fn forwarder_request(name: &str, node: &str, sandbox: &str) -> InstanceRequest {
-    InstanceRequest {
-        name: name.into(),
-        owner: OwnerTags {
-            cluster: String::new(),
-            node: node.into(),
-            sandbox_id: sandbox.into(),
-        },
-        extra_tags: BTreeMap::new(),
-        vcpus: None,
-        memory_mib: None,
-        image: None,
-        machine_type: None,
-        gpus: None,
-        gpu_model: None,
-        user_data: peerpod_vmconfig::userdata::UserData {
+    InstanceRequest::new(
+        name,
+        OwnerTags::new("", node, sandbox),
+        peerpod_vmconfig::userdata::UserData {
             forwarder: peerpod_vmconfig::ForwarderConfig::new(sandbox, None),
             initdata: None,
             registry_auth: None,
         }
         .to_cloud_config(),
-    }
+    )
 }
 
 pub struct LocalWorld {

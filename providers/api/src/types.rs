@@ -117,6 +117,24 @@ impl std::fmt::Debug for InstanceRequest {
 }
 
 impl InstanceRequest {
+    /// A request for `name` owned by `owner` booting with `user_data`:
+    /// no extra tags and nothing asked of the VM's size, image or GPUs
+    /// (set those fields where a pod asks for them).
+    pub fn new(name: impl Into<String>, owner: OwnerTags, user_data: Vec<u8>) -> Self {
+        Self {
+            name: name.into(),
+            owner,
+            extra_tags: BTreeMap::new(),
+            vcpus: None,
+            memory_mib: None,
+            image: None,
+            machine_type: None,
+            gpus: None,
+            gpu_model: None,
+            user_data,
+        }
+    }
+
     /// For providers that cannot give a VM GPUs: an error naming what the
     /// pod asked for, instead of a VM without them.
     pub fn refuse_gpus(&self, provider: &str) -> Result<(), crate::ProviderError> {
@@ -212,18 +230,11 @@ mod tests {
 
     #[test]
     fn debug_never_shows_user_data() {
-        let req = InstanceRequest {
-            name: "podvm-x-1".into(),
-            owner: OwnerTags::new("", "n", "s"),
-            extra_tags: BTreeMap::new(),
-            vcpus: None,
-            memory_mib: None,
-            image: None,
-            machine_type: None,
-            gpus: None,
-            gpu_model: None,
-            user_data: b"-----BEGIN PRIVATE KEY-----secret".to_vec(),
-        };
+        let req = InstanceRequest::new(
+            "podvm-x-1",
+            OwnerTags::new("", "n", "s"),
+            b"-----BEGIN PRIVATE KEY-----secret".to_vec(),
+        );
         let shown = format!("{req:?}");
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("redacted"));
@@ -231,22 +242,7 @@ mod tests {
 
     #[test]
     fn gpus_are_refused_by_name() {
-        let mut req = InstanceRequest {
-            name: "podvm-x-1".into(),
-            owner: OwnerTags {
-                cluster: String::new(),
-                node: "n".into(),
-                sandbox_id: "s".into(),
-            },
-            extra_tags: BTreeMap::new(),
-            vcpus: None,
-            memory_mib: None,
-            image: None,
-            machine_type: None,
-            gpus: None,
-            gpu_model: None,
-            user_data: Vec::new(),
-        };
+        let mut req = InstanceRequest::new("podvm-x-1", OwnerTags::new("", "n", "s"), Vec::new());
         assert!(req.refuse_gpus("local").is_ok());
         req.gpus = Some(0);
         assert!(req.refuse_gpus("local").is_ok(), "zero GPUs is none");

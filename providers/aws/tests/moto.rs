@@ -12,22 +12,11 @@ mod common;
 use common::{net, sdk_at, Ec2Proxy, Moto, Net};
 
 fn request(sandbox: &str) -> InstanceRequest {
-    InstanceRequest {
-        name: format!("podvm-web-{sandbox}"),
-        owner: OwnerTags {
-            cluster: String::new(),
-            node: "node-a".into(),
-            sandbox_id: sandbox.into(),
-        },
-        extra_tags: BTreeMap::new(),
-        vcpus: None,
-        memory_mib: None,
-        image: None,
-        machine_type: None,
-        gpus: None,
-        gpu_model: None,
-        user_data: b"#cloud-config\nwrite_files: []\n".to_vec(),
-    }
+    InstanceRequest::new(
+        format!("podvm-web-{sandbox}"),
+        OwnerTags::new("", "node-a", sandbox),
+        b"#cloud-config\nwrite_files: []\n".to_vec(),
+    )
 }
 
 fn raw(n: &Net) -> RawAwsConfig {
@@ -254,11 +243,7 @@ async fn no_capacity_falls_back_to_the_next_type_that_fits_and_sev_snp_is_asked(
     );
     assert_eq!(e.kind, ErrorKind::InsufficientCapacity);
     assert!(e.message.contains("c6a.xlarge, m6a.xlarge"), "{e}");
-    let owner = OwnerTags {
-        cluster: String::new(),
-        node: "node-a".into(),
-        sandbox_id: "cap2".into(),
-    };
+    let owner = OwnerTags::new("", "node-a", "cap2");
     assert!(p.list_instances(&owner).await.unwrap().is_empty());
 
     // DISABLECVM=true: no SEV-SNP in the request.

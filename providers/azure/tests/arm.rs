@@ -10,7 +10,6 @@ use common::{image_id, subnet_id, userdata_fixture, FakeArm, Fault, RG, TOKEN};
 use peerpod_provider_api::{ErrorKind, InstanceRequest, OwnerTags, Provider};
 use peerpod_provider_azure::{ArmTiming, AzureProvider, RawAzureConfig, StaticToken};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 fn timing() -> ArmTiming {
@@ -30,22 +29,11 @@ fn provider(arm: &FakeArm, set: impl FnOnce(&mut RawAzureConfig)) -> AzureProvid
 }
 
 fn request(name: &str, node: &str, sandbox: &str) -> InstanceRequest {
-    InstanceRequest {
-        name: name.into(),
-        owner: OwnerTags {
-            cluster: String::new(),
-            node: node.into(),
-            sandbox_id: sandbox.into(),
-        },
-        extra_tags: BTreeMap::new(),
-        vcpus: None,
-        memory_mib: None,
-        image: None,
-        machine_type: None,
-        gpus: None,
-        gpu_model: None,
-        user_data: b"#cloud-config\nwrite_files: []\n".to_vec(),
-    }
+    InstanceRequest::new(
+        name,
+        OwnerTags::new("", node, sandbox),
+        b"#cloud-config\nwrite_files: []\n".to_vec(),
+    )
 }
 
 fn sizes_sent(arm: &FakeArm) -> Vec<String> {
@@ -297,11 +285,7 @@ async fn list_returns_only_our_owner_tags_across_pages() {
         .count();
     assert_eq!(pages, 3);
     let one = p
-        .list_instances(&OwnerTags {
-            cluster: String::new(),
-            node: "node-1".into(),
-            sandbox_id: "sb2".into(),
-        })
+        .list_instances(&OwnerTags::new("", "node-1", "sb2"))
         .await
         .unwrap();
     assert_eq!(one.len(), 1);

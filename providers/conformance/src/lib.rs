@@ -133,16 +133,8 @@ pub fn owner(cluster: &str, node: &str, sandbox: &str) -> OwnerTags {
 /// cloud-config as user data.
 pub fn basic_request(name: &str, owner: OwnerTags) -> InstanceRequest {
     InstanceRequest {
-        name: name.into(),
-        owner,
         extra_tags: BTreeMap::from([("peerpod-conformance".to_string(), "1".to_string())]),
-        vcpus: None,
-        memory_mib: None,
-        image: None,
-        machine_type: None,
-        gpus: None,
-        gpu_model: None,
-        user_data: b"#cloud-config\n".to_vec(),
+        ..InstanceRequest::new(name, owner, b"#cloud-config\n".to_vec())
     }
 }
 

@@ -7,25 +7,13 @@ mod common;
 
 use common::{provider, raw, GceServer, PROJECT, ZONE};
 use peerpod_provider_api::{ErrorKind, InstanceRequest, OwnerTags, Provider};
-use std::collections::BTreeMap;
 
 fn request(node: &str, sandbox: &str) -> InstanceRequest {
-    InstanceRequest {
-        name: format!("podvm-web-{}", &sandbox[..sandbox.len().min(8)]),
-        owner: OwnerTags {
-            cluster: String::new(),
-            node: node.into(),
-            sandbox_id: sandbox.into(),
-        },
-        extra_tags: BTreeMap::new(),
-        vcpus: None,
-        memory_mib: None,
-        image: None,
-        machine_type: None,
-        gpus: None,
-        gpu_model: None,
-        user_data: b"#cloud-config\nwrite_files: []\n".to_vec(),
-    }
+    InstanceRequest::new(
+        format!("podvm-web-{}", &sandbox[..sandbox.len().min(8)]),
+        OwnerTags::new("", node, sandbox),
+        b"#cloud-config\nwrite_files: []\n".to_vec(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,34 +189,22 @@ impl Drop for World {
 
 fn request(node: &str, sandbox: &str) -> InstanceRequest {
     InstanceRequest {
-        name: format!("podvm-test-{sandbox}"),
-        owner: OwnerTags {
-            cluster: String::new(),
-            node: node.into(),
-            sandbox_id: sandbox.into(),
-        },
         extra_tags: BTreeMap::from([("team".to_string(), "qa".to_string())]),
-        vcpus: None,
-        memory_mib: None,
-        image: None,
-        machine_type: None,
-        gpus: None,
-        gpu_model: None,
-        user_data: peerpod_vmconfig::userdata::UserData {
-            forwarder: peerpod_vmconfig::ForwarderConfig::new(sandbox, None),
-            initdata: None,
-            registry_auth: Some("{\"auths\":{}}".into()),
-        }
-        .to_cloud_config(),
+        ..InstanceRequest::new(
+            format!("podvm-test-{sandbox}"),
+            OwnerTags::new("", node, sandbox),
+            peerpod_vmconfig::userdata::UserData {
+                forwarder: peerpod_vmconfig::ForwarderConfig::new(sandbox, None),
+                initdata: None,
+                registry_auth: Some("{\"auths\":{}}".into()),
+            }
+            .to_cloud_config(),
+        )
     }
 }
 
 fn owner(node: &str, sandbox: &str) -> OwnerTags {
-    OwnerTags {
-        cluster: String::new(),
-        node: node.into(),
-        sandbox_id: sandbox.into(),
-    }
+    OwnerTags::new("", node, sandbox)
 }
 
 /// Waits (up to 5 s) for a non-empty file.
