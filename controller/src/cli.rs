@@ -129,14 +129,9 @@ pub fn main() -> anyhow::Result<()> {
         let ctx = BuildContext {
             state_dir: g.state_dir.clone(),
         };
-        let provider = cli.provider.build(&ctx).await?.provider;
-        let checks = provider
-            .verify()
-            .await
-            .with_context(|| format!("provider {} configuration check failed", provider.name()))?;
-        for line in &checks {
-            tracing::info!(provider = provider.name(), "checked: {line}");
-        }
+        let built = cli.provider.build(&ctx).await?;
+        built.verify_logged().await?;
+        let provider = built.provider;
         let access = detect(g.kubeconfig.as_deref()).ok_or_else(|| {
             anyhow::anyhow!("no Kubernetes API: run in a pod (KUBERNETES_SERVICE_HOST) or pass --kubeconfig / PEERPOD_KUBECONFIG")
         })?;

@@ -125,18 +125,12 @@ fn main() -> anyhow::Result<()> {
         };
         let mut ext = Extensions::default();
         let built = provider_cmd.build(&ctx).await?;
+        let checks = built.verify_logged().await?;
         if let Some(m) = built.plugin_metrics {
             ext.metrics
                 .push(Box::new(move |r| r.register_collector(Box::new(m))));
         }
         let provider = built.provider;
-        let checks = provider
-            .verify()
-            .await
-            .with_context(|| format!("provider {} configuration check failed", provider.name()))?;
-        for line in &checks {
-            tracing::info!(provider = provider.name(), "checked: {line}");
-        }
         if delete_cluster_vms {
             let cluster = cli.global.cluster_id.as_deref().map(str::trim).unwrap_or("");
             anyhow::ensure!(

@@ -7,7 +7,7 @@
 
 use clap::Subcommand;
 use peerpod_provider_api::cli::{BuildContext, BuildError};
-use peerpod_provider_api::Provider;
+use peerpod_provider_api::{Provider, ProviderError};
 use peerpod_provider_plugin::metrics::PluginMetrics;
 use std::sync::Arc;
 
@@ -65,6 +65,32 @@ impl ProviderCmd {
             provider,
             plugin_metrics: None,
         })
+    }
+}
+
+/// The provider's preflight failed: the daemon must not serve.
+#[derive(Debug, thiserror::Error)]
+#[error("provider {provider} configuration check failed")]
+pub struct VerifyFailed {
+    pub provider: String,
+    #[source]
+    pub source: ProviderError,
+}
+
+impl Built {
+    /// Runs the provider's preflight (`verify`, what `--check` runs) and
+    /// logs each check it passed, as both daemons do before they serve;
+    /// returns the checks.
+    pub async fn verify_logged(&self) -> Result<Vec<String>, VerifyFailed> {
+        let p = &self.provider;
+        let checks = p.verify().await.map_err(|source| VerifyFailed {
+            provider: p.name().to_string(),
+            source,
+        })?;
+        for line in &checks {
+            tracing::info!(provider = p.name(), "checked: {line}");
+        }
+        Ok(checks)
     }
 }
 
