@@ -1,8 +1,18 @@
 //! Finds the workspace's binaries (agent-protocol-forwarder,
 //! cloud-api-adaptor, kata-agent-double) next to the running test or bench
-//! executable. `scripts/test.sh` builds them before the tests run.
+//! executable, and the workspace's own files. `scripts/test.sh` builds the
+//! binaries before the tests run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The workspace root (this crate is `tests/`): where the scripts, the
+/// chart and the example plugins are.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
 
 /// The path of a workspace binary; panics with a clear message when it
 /// was not built (a test fixture, so a panic is the right report).

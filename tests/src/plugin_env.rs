@@ -5,19 +5,11 @@
 //! them. Each is killed on drop, with everything it started (the Python
 //! plugin's instance processes by the pids its records name).
 
-use crate::bins::bin_path;
+use crate::bins::{bin_path, workspace_root};
 use cloud_api_adaptor::client::Hypervisor;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// The workspace root (this crate is `tests/`).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
 
 /// Fails (never skips) when Python lacks grpcio / grpcio-tools.
 pub fn require_python_grpc() {

@@ -18,7 +18,7 @@ pub fn build_podvm_image(args: &[&str], what: &str) -> Result<PathBuf, String> {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../podvm-image/build.sh");
+    let script = crate::bins::workspace_root().join("podvm-image/build.sh");
     let started = Instant::now();
     let out = Command::new("bash")
         .arg(&script)

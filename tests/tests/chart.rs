@@ -8,6 +8,7 @@
 //! with the probes is done against the real daemon.
 
 use peerpod_tests::bins::bin_path;
+use peerpod_tests::bins::workspace_root;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,15 +18,8 @@ use std::time::{Duration, Instant};
 const PROVIDERS: [&str; 4] = ["aws", "azure", "gcp", "libvirt"];
 const KUBE_VERSIONS: &str = "1.30,1.33";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
 fn chart() -> PathBuf {
-    repo().join("install/charts/peerpods")
+    workspace_root().join("install/charts/peerpods")
 }
 
 fn provider_file(p: &str) -> PathBuf {
@@ -90,7 +84,7 @@ fn render_chart(
     validate: bool,
 ) -> Result<Rendered, String> {
     let mut cmd = Command::new("python3");
-    cmd.arg(repo().join("tests/scripts/helm_chart.py"))
+    cmd.arg(workspace_root().join("tests/scripts/helm_chart.py"))
         .arg("render")
         .arg(chart);
     for f in files {
@@ -262,7 +256,7 @@ fn helm_lint_is_clean() {
     for p in ["aws", "libvirt"] {
         for kube in ["v1.30.0", "v1.33.0"] {
             let out = Command::new("python3")
-                .arg(repo().join("tests/scripts/helm_chart.py"))
+                .arg(workspace_root().join("tests/scripts/helm_chart.py"))
                 .arg("lint")
                 .arg(chart())
                 .arg("-f")
@@ -794,7 +788,7 @@ fn toml(path: &Path) -> Value {
 #[test]
 fn kata_and_containerd_fragments_point_at_the_adaptor() {
     use cloud_api_adaptor::config::DEFAULT_SOCKET;
-    let kata = repo().join("install/kata");
+    let kata = workspace_root().join("install/kata");
     let go = toml(&kata.join("runtime-go/50-peerpods.toml"));
     assert_eq!(
         go["hypervisor"]["remote"]["remote_hypervisor_socket"],

@@ -10,19 +10,13 @@
 //! to a budget, and a release image to the 40 MiB target.
 
 use peerpod_tests::bins::bin_path;
+use peerpod_tests::bins::workspace_root;
 use peerpod_tests::containerd::{require_tool, Containerd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1024 * 1024;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 /// The compressed sizes of the image's layers, in order (from the OCI
 /// archive's index and manifest), and its config.
@@ -76,7 +70,7 @@ fn image_builds_imports_runs_and_serves_its_socket() {
     let work = tempfile::tempdir().unwrap();
     let archive = work.path().join("image.oci.tar");
     let tag = format!("test-{}", std::process::id());
-    let out = Command::new(repo_root().join("install/image/build.sh"))
+    let out = Command::new(workspace_root().join("install/image/build.sh"))
         .args([
             "--flavor",
             flavor,

@@ -71,7 +71,7 @@ async fn two_sandboxes_boot_relay_ping_and_stop_clean() {
         .create_vm(
             &a,
             shim_annotations(&format!("web{t}"), "default"),
-            &format!("/run/netns/{pod}"),
+            &lan.pod_netns_path(),
         )
         .await
         .expect("CreateVM a");
@@ -151,7 +151,10 @@ async fn two_sandboxes_boot_relay_ping_and_stop_clean() {
         ))
     };
     let before = icmp(&pod);
-    sh(&format!("ip netns exec {peer} ping -c 3 -W 5 10.96.0.2"));
+    sh(&format!(
+        "ip netns exec {peer} ping -c 3 -W 5 {}",
+        lan.pod_ip()
+    ));
     assert_eq!(
         before,
         icmp(&pod),
@@ -175,22 +178,11 @@ async fn two_sandboxes_boot_relay_ping_and_stop_clean() {
 
 /// A create request for `name` with defaults and an empty user data.
 fn bare_request(name: &str, node: &str) -> InstanceRequest {
-    InstanceRequest {
-        name: name.into(),
-        owner: OwnerTags {
-            cluster: String::new(),
-            node: node.into(),
-            sandbox_id: "s1".into(),
-        },
-        extra_tags: Default::default(),
-        vcpus: None,
-        memory_mib: None,
-        image: None,
-        machine_type: None,
-        gpus: None,
-        gpu_model: None,
-        user_data: b"#cloud-config\nwrite_files: []\n".to_vec(),
-    }
+    InstanceRequest::new(
+        name,
+        OwnerTags::new("", node, "s1"),
+        b"#cloud-config\nwrite_files: []\n".to_vec(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,7 +377,7 @@ async fn a_warm_pool_vm_is_bound_to_a_sandbox_with_its_pod_network() {
     init_logging();
     let t = env.token.clone();
     let lan = PodLan::new("pplw", &t, "10.97.0");
-    let (pod, peer) = (lan.pod.clone(), lan.peer.clone());
+    let peer = lan.peer.clone();
     let dir = tempfile::tempdir().unwrap();
     let node = format!("lvw-node-{t}");
     let mut cfg = config_in(dir.path(), &node);
@@ -433,7 +425,7 @@ async fn a_warm_pool_vm_is_bound_to_a_sandbox_with_its_pod_network() {
         .create_vm(
             &id,
             shim_annotations(&format!("web{t}"), "default"),
-            &format!("/run/netns/{pod}"),
+            &lan.pod_netns_path(),
         )
         .await
         .unwrap();
@@ -455,7 +447,10 @@ async fn a_warm_pool_vm_is_bound_to_a_sandbox_with_its_pod_network() {
     agent_answers(std::path::Path::new(&sock)).await;
     // The VM built the pod network at bind: the peer's ping is answered
     // inside the VM through the tunnel.
-    sh(&format!("ip netns exec {peer} ping -c 3 -W 5 10.97.0.2"));
+    sh(&format!(
+        "ip netns exec {peer} ping -c 3 -W 5 {}",
+        lan.pod_ip()
+    ));
     let console = provider
         .console_tail(&pool_vm[0].id)
         .await

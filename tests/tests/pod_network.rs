@@ -104,7 +104,7 @@ async fn peer_on_the_cni_bridge_reaches_the_sandbox_through_the_tunnel() {
     h.create_vm(
         &id,
         shim_annotations("web", "default"),
-        &format!("/run/netns/{pod}"),
+        &w.lan.pod_netns_path(),
     )
     .await
     .expect("CreateVM");
@@ -118,7 +118,10 @@ async fn peer_on_the_cni_bridge_reaches_the_sandbox_through_the_tunnel() {
     w.clean.netns.push(vm_pod_ns.clone());
     let vm_side = sh(&format!("ip -n {vm_pod_ns} -d addr show eth0"));
     assert!(vm_side.contains("vxlan id"), "{vm_side}");
-    assert!(vm_side.contains("10.95.0.2/24"), "{vm_side}");
+    assert!(
+        vm_side.contains(&format!("{}/24", w.lan.pod_ip())),
+        "{vm_side}"
+    );
     let worker_side = sh(&format!("ip -n {pod} -d link show ppvxlan0"));
     assert!(worker_side.contains("vxlan id"), "{worker_side}");
 
@@ -127,7 +130,10 @@ async fn peer_on_the_cni_bridge_reaches_the_sandbox_through_the_tunnel() {
     let before = sh(&format!(
         "ip netns exec {pod} cat /proc/net/snmp | grep '^Icmp:' | tail -1"
     ));
-    sh(&format!("ip netns exec {peer} ping -c 3 -W 3 10.95.0.2"));
+    sh(&format!(
+        "ip netns exec {peer} ping -c 3 -W 3 {}",
+        w.lan.pod_ip()
+    ));
     let after = sh(&format!(
         "ip netns exec {pod} cat /proc/net/snmp | grep '^Icmp:' | tail -1"
     ));

@@ -100,7 +100,7 @@ async fn startvm_binds_a_pool_vm_with_the_pod_network_and_the_pool_refills() {
     init_logging();
     let w = World::new(40..140);
     let lan = PodLan::new("ppw", &w.tag, "10.96.0");
-    let (pod, peer) = (lan.pod.clone(), lan.peer.clone());
+    let peer = lan.peer.clone();
     let mut clean = HostNetGuard {
         netns: Vec::new(),
         links: vec![w.bridge.clone()],
@@ -140,7 +140,7 @@ async fn startvm_binds_a_pool_vm_with_the_pod_network_and_the_pool_refills() {
         .create_vm(
             &id,
             shim_annotations("web", "default"),
-            &format!("/run/netns/{pod}"),
+            &lan.pod_netns_path(),
         )
         .await
         .unwrap();
@@ -196,7 +196,10 @@ async fn startvm_binds_a_pool_vm_with_the_pod_network_and_the_pool_refills() {
     for n in vm_pod_ns.lines() {
         clean.netns.push(n.to_string());
     }
-    sh(&format!("ip netns exec {peer} ping -c 2 -W 3 10.96.0.2"));
+    sh(&format!(
+        "ip netns exec {peer} ping -c 2 -W 3 {}",
+        lan.pod_ip()
+    ));
 
     // The pool refills with a new VM.
     until("the pool refilled", LONG_WAIT, || m.pool_ready() == 1).await;
@@ -277,21 +280,17 @@ async fn pool_vms_survive_a_restart_surplus_goes_and_orphans_are_told_apart() {
     tags.insert(TAG_POOL.to_string(), "podvm-pool-unknown00".to_string());
     let stray_id = provider
         .create_instance(InstanceRequest {
-            name: "podvm-pool-unknown00".into(),
-            owner: OwnerTags::new("", &*cfg.node_name, ""),
             extra_tags: tags,
-            vcpus: None,
-            memory_mib: None,
-            image: None,
-            machine_type: None,
-            gpus: None,
-            gpu_model: None,
-            user_data: peerpod_vmconfig::userdata::UserData {
-                forwarder: peerpod_vmconfig::ForwarderConfig::new("stray", None),
-                initdata: None,
-                registry_auth: None,
-            }
-            .to_cloud_config(),
+            ..InstanceRequest::new(
+                "podvm-pool-unknown00",
+                OwnerTags::new("", &*cfg.node_name, ""),
+                peerpod_vmconfig::userdata::UserData {
+                    forwarder: peerpod_vmconfig::ForwarderConfig::new("stray", None),
+                    initdata: None,
+                    registry_auth: None,
+                }
+                .to_cloud_config(),
+            )
         })
         .await
         .expect("creating the stray VM")

@@ -136,6 +136,19 @@ fn metric_state(text: &str, state: &str) -> f64 {
         .fold(0.0, |a, b| a + b)
 }
 
+/// The instances' subnet of the bench's adaptor (room for 4093).
+const SUBNET: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 220, 0, 0);
+const PREFIX_LEN: u8 = 20;
+
+/// Whether `addr` (`a.b.c.d/len`, as `ip addr` prints it) lies in [`SUBNET`].
+fn in_subnet(addr: &str) -> bool {
+    let mask = u32::MAX << (32 - u32::from(PREFIX_LEN));
+    addr.split('/')
+        .next()
+        .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
+        .is_some_and(|ip| u32::from(ip) & mask == u32::from(SUBNET))
+}
+
 /// Deletes the bridges an earlier run, killed before it could clean up,
 /// left holding this bench's subnet (they would take the new bridge's
 /// traffic).
@@ -149,7 +162,7 @@ fn remove_stale_bridges() {
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if let [_, name, _, addr, ..] = fields[..] {
-            if name.starts_with("pprl") && addr.starts_with("10.220.") {
+            if name.starts_with("pprl") && in_subnet(addr) {
                 println!("removing {name} ({addr}), left by an earlier run");
                 let _ = std::process::Command::new("ip")
                     .args(["link", "del", name])
@@ -248,8 +261,8 @@ async fn wait_gone(a: &AdaptorProcess, limit: Duration) {
 }
 
 fn adaptor(args: &Args, pool: usize) -> AdaptorProcess {
-    let mut a = AdaptorProcess::new("scale-node", std::net::Ipv4Addr::new(10, 220, 0, 0));
-    a.prefix_len = 20;
+    let mut a = AdaptorProcess::new("scale-node", SUBNET);
+    a.prefix_len = PREFIX_LEN;
     a.args = vec![
         "--limit-per-node".into(),
         (args.sandboxes + 10).to_string(),
